@@ -1,0 +1,234 @@
+"""The `nlptk` command line.
+
+    nlptk run recipes/sentiment.yaml          train a recipe into runs/<name>/
+    nlptk validate recipes/sentiment.yaml     check a recipe without training
+    nlptk evaluate runs/sentiment --files test=test.jsonl --json
+    nlptk predict runs/sentiment "a gorgeous, witty, seductive movie."
+    nlptk generate runs/char_lm --prompt "ROMEO:"
+    nlptk list                                 tasks and where they come from
+
+Mistakes in input (recipe, data, checkpoint, arguments) print one line and
+exit with code 2; `--debug` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from typing import List, Optional, Sequence
+
+import click
+
+from nlptoolkit.errors import NlptkError
+
+_DEBUG = False
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--plugin", "plugins", multiple=True, metavar="PATH", help="Load a task plugin from a .py file or module name (repeatable).")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.version_option(package_name="nlptoolkit", prog_name="nlptk")
+def cli(plugins: Sequence[str], debug: bool) -> None:
+    """Train and study recurrent models for language from YAML recipes.
+
+    A recipe names a task (see `nlptk list`), its data, the shared RNN encoder
+    and the training settings. `nlptk run RECIPE` writes a run folder that the
+    other commands read.
+    """
+    global _DEBUG
+    _DEBUG = _DEBUG or debug
+    from nlptoolkit.registry import registry
+
+    for plugin in plugins:
+        registry.load_plugin(plugin)
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key, e.g. --set train.epochs=3 --set encoder.cell=gru.")
+@click.option("--output-dir", type=click.Path(file_okay=False), help="Run folder to write (default: runs/<recipe name>).")
+@click.option("--force", is_flag=True, help="Replace the run folder if it already exists.")
+@click.option("--resume", type=click.Path(file_okay=False), metavar="RUN_DIR", help="Continue an interrupted run from its last.pt.")
+@click.option("--quiet", is_flag=True, help="No progress bars: one plain line per evaluation (good for log files).")
+def run(recipe: str, overrides: Sequence[str], output_dir: Optional[str], force: bool, resume: Optional[str], quiet: bool) -> None:
+    """Train RECIPE, evaluate it, and write a run folder.
+
+    The folder (default runs/<name>) gets recipe.yaml, metrics.jsonl,
+    summary.json, best.pt, last.pt and curves.png. Paths in the recipe are
+    relative to the current folder; ${VAR:-default} reads the environment.
+    """
+    from nlptoolkit.runs import train
+
+    summary = train(recipe, overrides, output_dir, force, quiet, resume)
+    best = summary["best"]
+    final = " ".join(f"{k}={v:.4f}" for k, v in summary["final"].items())
+    click.echo(
+        f"finished ({summary['stopped']}) in {summary['train_seconds']:.1f} s, {summary['steps']} steps; "
+        f"best validation {best['metric']}={best['value']:.4f} at step {best['step']}; final validation {final}; "
+        f"run folder {summary['run_dir']}"
+    )
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key before checking.")
+def validate(recipe: str, overrides: Sequence[str]) -> None:
+    """Check RECIPE (keys, types, task, plugins, data files) without training."""
+    from nlptoolkit.recipe import load_recipe
+
+    loaded = load_recipe(recipe, overrides)
+    from pathlib import Path
+
+    if loaded.data.files:
+        for split, path in loaded.data.files.items():
+            if not Path(path).is_file():
+                raise NlptkError(f"{recipe}: data.files.{split}: file {path} does not exist (relative paths start from the current folder)")
+    click.echo(f"{recipe}: ok (task {loaded.task})")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--files", "files", multiple=True, metavar="SPLIT=FILE", help="Evaluate on FILE (same format and fields as training data) and call it SPLIT.")
+@click.option("--split", "splits", multiple=True, help="Evaluate on a split of the recipe's own data (default: validation).")
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object of metrics and nothing else on stdout.")
+def evaluate(run_dir: str, files: Sequence[str], splits: Sequence[str], checkpoint: str, as_json: bool) -> None:
+    """Compute the metrics of a finished run on held-out data.
+
+    With one --files or --split, --json prints {"metric": value, ...}; with
+    several, {"split": {"metric": value}, ...}.
+    """
+    from nlptoolkit.data.sources import load_files, load_splits
+    from nlptoolkit.runs import load_run
+
+    recipe, task, model = load_run(run_dir, checkpoint)
+    wanted = {}
+    for item in files:
+        if "=" not in item:
+            raise NlptkError(f"--files {item}: expected SPLIT=FILE, for example --files test=data/test.jsonl")
+        split, path = item.split("=", 1)
+        wanted[split] = path
+    results = {}
+    if wanted:
+        loaded = load_files(wanted, recipe.data.format, key="--files")
+        task.sources = {split: f"{path} (--files {split})" for split, path in wanted.items()}
+        for split in wanted:
+            results[split] = task.evaluate(model, task.encode(loaded[split], split))
+    if splits or not wanted:
+        data = load_splits(recipe.data, recipe.seed, task.shuffle_split)
+        from nlptoolkit.runs import describe_sources
+
+        task.sources = describe_sources(recipe)
+        for split in splits or ["validation"]:
+            if split not in data:
+                raise NlptkError(f"--split {split}: the recipe's data has splits {', '.join(data)}; pick one of those")
+            results[split] = task.evaluate(model, task.encode(data[split], split))
+    if as_json:
+        click.echo(json.dumps(next(iter(results.values())) if len(results) == 1 else results))
+    else:
+        for split, metrics in results.items():
+            click.echo(f"{split}: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+@click.argument("texts", nargs=-1)
+@click.option("--file", "file", type=click.File("r", encoding="utf-8"), help="Read inputs from a file, one per line.")
+def predict(run_dir: str, texts: Sequence[str], file: Optional[click.utils.LazyFile]) -> None:
+    """Predict for each input text (arguments, --file, or one per line on stdin)."""
+    from nlptoolkit.runs import load_run
+
+    inputs: List[str] = list(texts)
+    if file is not None:
+        inputs += [line.rstrip("\n") for line in file]
+    if not texts and file is None:
+        inputs += [line.rstrip("\n") for line in sys.stdin]
+    inputs = [t for t in inputs if t.strip()]
+    if not inputs:
+        raise NlptkError("predict: no input text; pass texts as arguments, --file FILE, or lines on stdin")
+    _, task, model = load_run(run_dir)
+    for line in task.predict(model, inputs):
+        click.echo(line)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--prompt", default="", help="Text to start from (empty: start of text).")
+@click.option("--max-tokens", default=200, show_default=True, type=click.IntRange(min=0), help="Tokens to generate.")
+@click.option("--temperature", default=1.0, show_default=True, type=float, help="Sampling temperature; 0 means greedy.")
+@click.option("--top-k", default=None, type=click.IntRange(min=1), help="Sample only from the k most likely tokens.")
+@click.option("--seed", default=None, type=int, help="Random seed for sampling.")
+def generate(run_dir: str, prompt: str, max_tokens: int, temperature: float, top_k: Optional[int], seed: Optional[int]) -> None:
+    """Stream text from a trained language model."""
+    import torch
+
+    if temperature < 0:
+        raise NlptkError(f"--temperature {temperature}: must be 0 (greedy) or positive")
+    _, task, model = load_run_for_generation(run_dir)
+    if seed is not None:
+        torch.manual_seed(seed)
+    for piece in task.generate(model, prompt, max_tokens, temperature, top_k):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+def load_run_for_generation(run_dir: str):  # noqa: ANN201
+    from nlptoolkit.runs import load_run
+    from nlptoolkit.task import Task
+
+    recipe, task, model = load_run(run_dir)
+    if type(task).generate is Task.generate:
+        raise NlptkError(f"{run_dir} is a '{recipe.task}' run, which cannot generate text; give a language model run folder")
+    return recipe, task, model
+
+
+@cli.command(name="list")
+def list_tasks() -> None:
+    """List the available tasks, what they do, and where they come from."""
+    from nlptoolkit.registry import registry
+
+    entries = registry.entries()
+    width = max([len(e.name) for e in entries] + [4])
+    for e in entries:
+        click.echo(f"{e.name:<{width}}  {e.description}  [{e.source}]")
+    for source, reason in registry.failures.items():
+        click.echo(f"{'(failed)':<{width}}  {source}: {reason}")
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Entry point of the `nlptk` console script."""
+    global _DEBUG
+    args = sys.argv[1:] if argv is None else list(argv)
+    _DEBUG = "--debug" in args
+    from nlptoolkit.trainer import TrainingInterrupted
+
+    try:
+        cli.main(args=args, prog_name="nlptk", standalone_mode=False)
+    except click.exceptions.Abort:
+        _fail("aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except NlptkError as exc:
+        if _DEBUG:
+            raise
+        _fail(str(exc))
+        sys.exit(exc.exit_code)
+    except TrainingInterrupted as exc:
+        _fail(str(exc))
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted")
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Batching: pad sequences, and group similar lengths so there is little to pad."""
+from __future__ import annotations
+
+from typing import Iterator, List, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+
+def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> Tuple[Tensor, Tensor]:
+    """Right-pad id lists into a (B, T) LongTensor; also return the (B,) lengths."""
+    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
+    out = torch.full((len(sequences), int(lengths.max()) if len(sequences) else 0), pad_id, dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        out[i, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+    return out, lengths
+
+
+class BucketSampler(torch.utils.data.Sampler):
+    """Yields lists of indices: batches of similar length, in random order.
+
+    Each epoch the examples are shuffled, cut into chunks of ``chunk_batches``
+    batches, sorted by length within each chunk, batched, and the batches are
+    shuffled again. Randomness is kept; padding nearly vanishes. With
+    ``bucket=False`` it is a plain shuffled sampler (the lecture's recipe).
+    The order depends only on (seed, epoch), so a resumed run can skip ahead.
+    With ``num_replicas > 1`` each process takes every n-th batch.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        shuffle: bool = True,
+        bucket: bool = True,
+        seed: int = 0,
+        chunk_batches: int = 50,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.bucket = bucket
+        self.seed = seed
+        self.chunk = batch_size * chunk_batches
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> List[List[int]]:
+        n = len(self.lengths)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(n, generator=generator).tolist() if self.shuffle else list(range(n))
+        if self.bucket:
+            chunk = self.chunk if self.shuffle else n  # evaluation: one sort over everything
+            order = [i for s in range(0, n, chunk) for i in sorted(order[s : s + chunk], key=self.lengths.__getitem__)]
+        batches = [order[s : s + self.batch_size] for s in range(0, n, self.batch_size)]
+        if self.shuffle:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+        if self.num_replicas > 1:
+            usable = len(batches) - len(batches) % self.num_replicas  # every process takes the same number of steps
+            batches = batches[self.rank : usable : self.num_replicas]
+        return batches
+
+    def __iter__(self) -> Iterator[List[int]]:
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        n = -(-len(self.lengths) // self.batch_size)
+        return n // self.num_replicas if self.num_replicas > 1 else n
+
+    def padding_fraction(self) -> float:
+        """Share of padded tokens in this epoch's batches."""
+        real = padded = 0
+        for batch in self.batches():
+            sizes = [self.lengths[i] for i in batch]
+            real += sum(sizes)
+            padded += max(sizes) * len(sizes)
+        return 1.0 - real / padded if padded else 0.0

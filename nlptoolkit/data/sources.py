@@ -1,0 +1,108 @@
+"""Load examples through HF ``datasets``: a hub name, local files, or a saved folder.
+
+Whatever the source, the result is a ``DatasetDict`` with ``train`` and
+``validation`` splits (and ``test`` if given). When no validation split is
+given, a seeded one is carved from train.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from nlptoolkit.errors import NlptkError
+
+FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".txt": "text", ".text": "text", ".parquet": "parquet"}
+
+
+def _quiet_datasets() -> Any:
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    logging.getLogger("datasets").setLevel(logging.ERROR)
+    return datasets
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return (text[:300] + "...") if len(text) > 300 else text
+
+
+def infer_format(paths: Dict[str, str], fmt: Optional[str], key: str = "data.format") -> str:
+    if fmt:
+        return fmt
+    suffixes = {Path(p).suffix.lower() for p in paths.values()}
+    formats = {FORMATS.get(s) for s in suffixes}
+    if len(formats) == 1 and None not in formats:
+        return formats.pop()
+    raise NlptkError(f"{key}: cannot tell the file format from {', '.join(sorted(suffixes))}; set `data.format` to csv, json, text or parquet")
+
+
+def load_files(files: Dict[str, str], fmt: Optional[str] = None, key: str = "data.files") -> Any:
+    """Read local files, one per split, into a DatasetDict."""
+    datasets = _quiet_datasets()
+    for split, path in files.items():
+        if not Path(path).is_file():
+            hint = " (relative paths start from the current folder; set NLPTK_DATA to the shared data folder)" if not os.path.isabs(path) else ""
+            raise NlptkError(f"{key}.{split}: file {path} does not exist{hint}")
+    fmt = infer_format(files, fmt)
+    kwargs: Dict[str, Any] = {"keep_linebreaks": True} if fmt == "text" else {}
+    try:
+        loaded = datasets.load_dataset(fmt, data_files={k: str(v) for k, v in files.items()}, **kwargs)
+    except Exception as exc:  # datasets wraps parser errors in many types
+        names = ", ".join(str(p) for p in files.values())
+        raise NlptkError(f"{key}: could not read {names} as {fmt}: {_one_line(exc)}; check the file or set `data.format`") from None
+    for split, path in files.items():
+        if len(loaded[split]) == 0:
+            raise NlptkError(f"{key}.{split}: {path} holds no examples; give a file with at least one row")
+    return loaded
+
+
+def load_splits(config: Any, seed: int, shuffle_split: bool = True) -> Any:
+    """Load the recipe's ``data:`` section (a DataConfig) and make sure validation exists."""
+    datasets = _quiet_datasets()
+    if config.files is not None:
+        loaded = load_files(config.files, config.format)
+        origin = "data.files"
+    elif config.disk is not None:
+        if not Path(config.disk).exists():
+            raise NlptkError(f"data.disk: folder {config.disk} does not exist; give a folder written by `Dataset.save_to_disk`")
+        try:
+            loaded = datasets.load_from_disk(config.disk)
+        except Exception as exc:
+            raise NlptkError(f"data.disk: could not load {config.disk}: {_one_line(exc)}; it must be a folder written by save_to_disk") from None
+        if isinstance(loaded, datasets.Dataset):
+            loaded = datasets.DatasetDict({"train": loaded})
+        origin = "data.disk"
+    else:
+        try:
+            loaded = datasets.load_dataset(config.hub, config.config, revision=config.revision)
+        except Exception as exc:
+            raise NlptkError(
+                f"data.hub: could not load '{config.hub}' from the Hugging Face hub ({_one_line(exc)}); "
+                "if the hub is unreachable from this machine, download the data elsewhere and use `data.files` "
+                "(csv/json/text/parquet) or `data.disk` (a save_to_disk folder) instead"
+            ) from None
+        origin = "data.hub"
+    if "train" not in loaded:
+        raise NlptkError(f"{origin}: no 'train' split (found {', '.join(loaded) or 'none'}); name the training split 'train'")
+    if len(loaded["train"]) == 0:
+        raise NlptkError(f"{origin}: the train split holds no examples")
+    if "validation" not in loaded:
+        if len(loaded["train"]) < 2:
+            raise NlptkError(f"{origin}: cannot carve a validation split from a single training example; give a validation file")
+        parts = loaded["train"].train_test_split(test_size=config.validation_fraction, seed=seed, shuffle=shuffle_split)
+        loaded["train"], loaded["validation"] = parts["train"], parts["test"]
+    return loaded
+
+
+def column(dataset: Any, field: str, split: str, key: str) -> List[Any]:
+    """Read one column, with an error that names the missing field and the fix."""
+    if field not in dataset.column_names:
+        raise NlptkError(
+            f"{key}: the {split} data has no field '{field}' (fields: {', '.join(dataset.column_names)}); "
+            f"set `{key}` to the name of the field to use"
+        )
+    return dataset[field]

@@ -1,0 +1,301 @@
+"""Recipes: the YAML file that says what to train, on what data, and how.
+
+Loading happens in four steps, each with errors that name the file, the
+dotted key and the line:
+
+1. ``yaml.safe_load`` (never the unsafe loader), keeping each key's line;
+2. ``${VAR}`` / ``${VAR:-default}`` environment interpolation in strings;
+3. ``--set key.path=value`` overrides from the command line;
+4. validation against the dataclasses below, and the task's own ``Options``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
+
+import yaml
+
+from nlptoolkit.config_schema import Locator, at_least, build, to_plain
+from nlptoolkit.errors import NlptkError, did_you_mean
+
+
+@dataclass
+class TokenizerConfig:
+    """How text becomes tokens, and which tokens make the vocabulary."""
+
+    kind: Literal["char", "word", "sentencepiece"] = "word"
+    lowercase: bool = False
+    vocab_size: int = at_least(8, 8000)  # sentencepiece only
+    model_type: Literal["unigram", "bpe"] = "unigram"  # sentencepiece only
+    min_freq: int = at_least(1, 1)
+    max_size: Optional[int] = at_least(1, None)
+
+
+@dataclass
+class DataConfig:
+    """Where the examples come from: exactly one of ``hub``, ``files`` or ``disk``."""
+
+    hub: Optional[str] = None
+    config: Optional[str] = None
+    revision: Optional[str] = None
+    files: Optional[Dict[str, str]] = None
+    format: Optional[Literal["csv", "json", "text", "parquet"]] = None
+    disk: Optional[str] = None
+    validation_fraction: float = at_least(0.0, 0.1, high=0.9)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+
+
+@dataclass
+class EncoderConfig:
+    """The shared RNN encoder every task builds on."""
+
+    cell: Literal["rnn", "lstm", "gru"] = "lstm"
+    embedding_dim: int = at_least(1, 128, high=65536)
+    hidden_size: int = at_least(1, 128, high=65536)
+    num_layers: int = at_least(1, 1, high=64)
+    bidirectional: bool = False
+    dropout: float = at_least(0.0, 0.0, high=1.0)
+
+
+@dataclass
+class EarlyStoppingConfig:
+    """Stop when a validation metric has not improved for ``patience`` evaluations."""
+
+    metric: str = "loss"
+    mode: Literal["auto", "min", "max"] = "auto"
+    patience: Optional[int] = at_least(1, None)
+
+
+@dataclass
+class TrainConfig:
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = at_least(0.0, 1e-3, high=1e3)
+    weight_decay: float = at_least(0.0, 0.0)
+    momentum: float = at_least(0.0, 0.0, high=1.0)
+    batch_size: int = at_least(1, 32, high=1_000_000)
+    epochs: int = at_least(1, 10, high=1_000_000)
+    max_steps: Optional[int] = at_least(1, None)
+    max_minutes: Optional[float] = at_least(0.0, None)
+    grad_clip: Optional[float] = at_least(0.0, 5.0)
+    scheduler: Literal["none", "cosine", "plateau"] = "none"
+    warmup_steps: int = at_least(0, 0)
+    eval_every: Optional[int] = at_least(1, None)  # steps; null = at the end of every epoch
+    bucket: bool = True  # length-bucketed batches: little padding, same randomness
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+
+
+@dataclass
+class Recipe:
+    name: str
+    task: str
+    data: DataConfig = field(default_factory=DataConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = at_least(0, 0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    plugins: List[str] = field(default_factory=list)
+    task_options: Any = None  # the task's own dataclass, from the `task:` mapping
+    source: Optional[str] = None  # the file it was read from
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The resolved recipe as plain data, in the same shape as the YAML."""
+        out = {
+            "name": self.name,
+            "task": {"name": self.task, **to_plain(self.task_options or {})},
+            "seed": self.seed,
+            "device": self.device,
+            "plugins": list(self.plugins),
+            "data": to_plain(self.data),
+            "encoder": to_plain(self.encoder),
+            "train": to_plain(self.train),
+        }
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# --------------------------------------------------------------------------
+# Step 1: YAML with line numbers
+# --------------------------------------------------------------------------
+def read_yaml(text: str, file: Optional[str]) -> Tuple[Any, Dict[str, int]]:
+    """Parse YAML safely and return (data, {dotted key: line number})."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).split("\n")[0]
+        raise NlptkError(f"{file or 'recipe'}{line}: invalid YAML: {problem}; check indentation, colons and quotes") from None
+    lines: Dict[str, int] = {}
+
+    def walk(n: Any, prefix: str) -> None:
+        if isinstance(n, yaml.MappingNode):
+            seen = set()
+            for k, v in n.value:
+                key = f"{prefix}.{k.value}" if prefix else str(k.value)
+                if k.value in seen:
+                    raise NlptkError(f"{file or 'recipe'}:{k.start_mark.line + 1}: {key}: duplicate key; keep only one")
+                seen.add(k.value)
+                lines[key] = k.start_mark.line + 1
+                walk(v, key)
+        elif isinstance(n, yaml.SequenceNode):
+            for i, v in enumerate(n.value):
+                lines[f"{prefix}[{i}]"] = v.start_mark.line + 1
+                walk(v, f"{prefix}[{i}]")
+
+    walk(node, "")
+    return data, lines
+
+
+# --------------------------------------------------------------------------
+# Step 2: environment interpolation
+# --------------------------------------------------------------------------
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def interpolate(value: Any, key: str, where: Locator, env: Optional[Dict[str, str]] = None) -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string of ``value``."""
+    env = os.environ if env is None else env
+    if isinstance(value, dict):
+        return {k: interpolate(v, f"{key}.{k}" if key else str(k), where, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, f"{key}[{i}]", where, env) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def substitute(match: "re.Match[str]") -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env and env[name] != "":
+            return env[name]
+        if default is not None:
+            return default
+        raise where.error(key, f"environment variable {name} is not set; set it, or write ${{{name}:-default}}")
+
+    result = _VAR.sub(substitute, value)
+    if _VAR.fullmatch(value):  # a whole-value variable takes the type its text reads as (3 -> int)
+        try:
+            return yaml.safe_load(result)
+        except yaml.YAMLError:
+            return result
+    return result
+
+
+# --------------------------------------------------------------------------
+# Step 3: command-line overrides
+# --------------------------------------------------------------------------
+def apply_overrides(data: Dict[str, Any], overrides: Sequence[str], where: Locator) -> Dict[str, Any]:
+    """Apply ``key.path=value`` strings; values are read as YAML (``3``, ``gru``, ``[1, 2]``)."""
+    for item in overrides:
+        if "=" not in item:
+            raise NlptkError(f"--set {item}: expected KEY=VALUE, for example --set train.epochs=3")
+        path, text = item.split("=", 1)
+        keys = path.strip().split(".")
+        if not all(keys):
+            raise NlptkError(f"--set {item}: empty key in '{path}'; use dotted keys such as train.lr=0.001")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        node = data
+        for i, k in enumerate(keys[:-1]):
+            child = node.get(k)
+            if child is None:
+                child = node[k] = {}
+            if not isinstance(child, dict):
+                raise NlptkError(f"--set {item}: '{'.'.join(keys[:i + 1])}' is not a mapping, so it has no key '{keys[i + 1]}'")
+            node = child
+        node[keys[-1]] = value
+        where.lines[path.strip()] = "--set"
+    return data
+
+
+# --------------------------------------------------------------------------
+# Step 4: validation
+# --------------------------------------------------------------------------
+def load_recipe(path: str, overrides: Sequence[str] = (), registry: Any = None) -> Recipe:
+    """Read, interpolate, override and validate a recipe file."""
+    p = Path(path)
+    if not p.is_file():
+        raise NlptkError(f"recipe {path} does not exist; give the path to a .yaml recipe (see recipes/ for examples)")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise NlptkError(f"{path}: not UTF-8 text (byte {exc.start}); save the recipe as UTF-8") from None
+    data, lines = read_yaml(text, path)
+    return recipe_from_dict(data, overrides, path, lines, registry)
+
+
+def recipe_from_dict(
+    data: Any,
+    overrides: Sequence[str] = (),
+    file: Optional[str] = None,
+    lines: Optional[Dict[str, int]] = None,
+    registry: Any = None,
+) -> Recipe:
+    where = Locator(file, dict(lines or {}))
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise where.error("", f"a recipe is a mapping of keys (name, task, data, encoder, train), got {type(data).__name__}")
+    data = interpolate(data, "", where)
+    data = apply_overrides(data, overrides, where)
+
+    task_section = data.get("task")
+    if isinstance(task_section, str):
+        raise where.error("task", f"expected a mapping such as `task: {{name: {task_section}}}`, got a string")
+    if task_section is None:
+        raise where.error("task", "missing required key 'task'; add `task: {name: sentiment}` (see `nlptk list`)")
+    if not isinstance(task_section, dict):
+        raise where.error("task", f"expected a mapping with at least `name:`, got {type(task_section).__name__}")
+    if "name" not in task_section or not isinstance(task_section["name"], str):
+        raise where.error("task.name", "missing the task's name; add `name:` under `task:` (see `nlptk list`)")
+
+    general = {k: v for k, v in data.items() if k != "task"}
+    general["task"] = task_section["name"]
+    where.lines.setdefault("task", where.lines.get("task.name"))
+    recipe = build(Recipe, general, "", where)
+    for field_name in ("task_options", "source"):
+        if field_name in general:
+            raise where.error(field_name, f"unknown key '{field_name}'")
+    recipe.source = file
+
+    if registry is None:
+        from nlptoolkit.registry import registry
+    for i, plugin in enumerate(recipe.plugins):
+        try:
+            registry.load_plugin(plugin)
+        except NlptkError as exc:
+            raise where.error(f"plugins[{i}]", str(exc)) from None
+    try:
+        task_cls = registry.get(recipe.task)
+    except NlptkError as exc:
+        raise where.error("task.name", str(exc)) from None
+    options = {k: v for k, v in task_section.items() if k != "name"}
+    recipe.task_options = build(task_cls.Options, options, "task", where)
+    metric = recipe.train.early_stopping.metric
+    if metric not in task_cls.metrics:
+        raise where.error(
+            "train.early_stopping.metric",
+            f"'{metric}' is not a metric of task '{recipe.task}'{did_you_mean(metric, task_cls.metrics)}; it reports {', '.join(task_cls.metrics)}",
+        )
+    check_data_section(recipe.data, where)
+    return recipe
+
+
+def check_data_section(data: DataConfig, where: Locator) -> None:
+    chosen = [k for k in ("hub", "files", "disk") if getattr(data, k) is not None]
+    if len(chosen) != 1:
+        got = "none" if not chosen else " and ".join(chosen)
+        raise where.error("data", f"give exactly one data source (hub, files or disk), got {got}")
+    if data.files is not None:
+        if "train" not in data.files:
+            raise where.error("data.files", "needs a 'train' file; add `train: path/to/train.jsonl`")
+        for split in data.files:
+            if not re.fullmatch(r"[A-Za-z0-9_]+", split):
+                raise where.error(f"data.files.{split}", "split names are letters, digits and _ (train, validation, test)")

@@ -1,0 +1,389 @@
+"""The training loop every task shares.
+
+It owns what is the same for every task: the optimizer and schedule, gradient
+clipping, evaluation and early stopping, progress bars, the run folder's
+``metrics.jsonl`` / ``summary.json`` / ``best.pt`` / ``last.pt``, exact resume,
+and a clean stop on Ctrl-C or SIGTERM. What differs between tasks (batches,
+loss, metrics) it asks the :class:`~nlptoolkit.task.Task`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from nlptoolkit.checkpoint import atomic_write_text, save_checkpoint, write_json
+from nlptoolkit.errors import NlptkError
+
+
+class TrainingInterrupted(Exception):
+    """Raised after SIGINT/SIGTERM once `last.pt` is safely written."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+@dataclass
+class TrainState:
+    """Where training stands; saved in `last.pt` so a run can resume exactly."""
+
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    step: int = 0
+    best_value: Optional[float] = None
+    best_step: Optional[int] = None
+    bad_evals: int = 0
+    train_seconds: float = 0.0
+    loss_sum: float = 0.0  # training loss since the last evaluation
+    loss_count: int = 0
+    tokens: int = 0
+    finished: bool = False
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise NlptkError("device: cuda was asked for but no CUDA GPU is available; use `device: auto` or `device: cpu`")
+    return torch.device(name)
+
+
+def rng_state() -> Dict[str, Any]:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def metric_mode(metric: str, mode: str, lower_is_better: frozenset) -> str:
+    if mode != "auto":
+        return mode
+    return "min" if metric in lower_is_better or metric.endswith("loss") else "max"
+
+
+class Trainer:
+    def __init__(
+        self,
+        task: Any,
+        model: nn.Module,
+        run_dir: Path,
+        quiet: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
+    ) -> None:
+        self.task = task
+        self.recipe = task.recipe
+        self.cfg = task.recipe.train
+        self.run_dir = Path(run_dir)
+        self.quiet = quiet
+        self.rank, self.world_size = rank, world_size
+        self.is_main = rank == 0
+        self.log = log if self.is_main else (lambda s: None)
+        self.device = task.device
+        self.raw_model = model
+        self.model = model  # may be wrapped in DistributedDataParallel by the caller
+        self.optimizer = self._build_optimizer()
+        self.scheduler: Optional[Any] = None
+        self.state = TrainState()
+        es = self.cfg.early_stopping
+        self.metric = es.metric
+        self.mode = metric_mode(es.metric, es.mode, task.lower_is_better)
+        self._stop_signal: Optional[int] = None
+
+    # -- setup ----------------------------------------------------------------
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        cfg, params = self.cfg, [p for p in self.model.parameters() if p.requires_grad]
+        if cfg.optimizer == "adam":
+            return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+    def _build_scheduler(self, total_steps: int) -> Optional[Any]:
+        cfg = self.cfg
+        if cfg.scheduler == "plateau":
+            return torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode=self.mode, factor=0.5, patience=0)
+        warmup = cfg.warmup_steps
+        if cfg.scheduler == "none" and warmup == 0:
+            return None
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if cfg.scheduler == "cosine":
+                progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+                return 0.5 * (1.0 + math.cos(math.pi * progress))
+            return 1.0
+
+        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+
+    # -- checkpoints ------------------------------------------------------------
+    def _payload(self, full: bool) -> Dict[str, Any]:
+        payload = {
+            "task": self.task.name,
+            "recipe": self.recipe.to_dict(),
+            "task_state": self.task.state_dict(),
+            "model": self.raw_model.state_dict(),
+            "train_state": asdict(self.state),
+        }
+        if full:
+            payload.update(
+                optimizer=self.optimizer.state_dict(),
+                scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
+                rng=rng_state(),
+                training_state=self.task.training_state(),
+            )
+        return payload
+
+    def save_last(self) -> None:
+        if self.is_main:
+            save_checkpoint(self.run_dir / "last.pt", self._payload(full=True))
+
+    def restore(self, payload: Dict[str, Any]) -> None:
+        """Continue exactly where `last.pt` left off."""
+        self.raw_model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.state = TrainState(**payload["train_state"])
+        self._pending_scheduler = payload.get("scheduler")
+        self.task.load_training_state(payload.get("training_state") or {})
+        set_rng_state(payload["rng"])
+
+    # -- signals ------------------------------------------------------------------
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._stop_signal is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self._stop_signal = signum
+        self.log(f"\nreceived {signal.Signals(signum).name}: saving last.pt at the end of this step (press again to abort)")
+
+    # -- the loop ------------------------------------------------------------------
+    def fit(self, train: Any, validation: Any) -> Dict[str, Any]:
+        cfg, state = self.cfg, self.state
+        steps_per_epoch = len(self.task.batches(train, train=True, epoch=0, rank=self.rank, world_size=self.world_size))
+        if steps_per_epoch == 0:
+            raise NlptkError(f"train.batch_size: {cfg.batch_size} leaves no training batch for {self.world_size} process(es); lower it or add data")
+        self.steps_per_epoch = steps_per_epoch
+        total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
+        self.scheduler = self._build_scheduler(total_steps)
+        if getattr(self, "_pending_scheduler", None) and self.scheduler is not None:
+            self.scheduler.load_state_dict(self._pending_scheduler)
+
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        in_main_thread = _in_main_thread()
+        if in_main_thread:
+            for s in previous:
+                signal.signal(s, self._on_signal)
+        try:
+            return self._loop(train, validation, total_steps)
+        finally:
+            if in_main_thread:
+                for s, handler in previous.items():
+                    signal.signal(s, handler)
+
+    def _loop(self, train: Any, validation: Any, total_steps: int) -> Dict[str, Any]:
+        cfg, state, task = self.cfg, self.state, self.task
+        stopped = "completed"
+        start = time.perf_counter() - state.train_seconds
+        self.model.train()
+        while state.epoch < cfg.epochs and not state.finished:
+            batches = task.batches(train, train=True, epoch=state.epoch, rank=self.rank, world_size=self.world_size)
+            if state.batch_in_epoch == 0:
+                task.on_epoch_start(state.epoch)
+            self.padding = batches.padding_fraction()
+            bar = tqdm(
+                total=len(batches), initial=state.batch_in_epoch, desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
+                disable=self.quiet or not self.is_main, leave=False, dynamic_ncols=True, file=sys.stderr,
+            )
+            tick, tick_tokens = time.perf_counter(), 0
+            for batch in batches.from_position(state.batch_in_epoch):
+                if self._stop_signal is not None:
+                    self._interrupt(start)
+                loss_value = self._step(batch)
+                tokens = task.count_tokens(batch) * self.world_size
+                state.tokens += tokens
+                tick_tokens += tokens
+                state.step += 1
+                state.batch_in_epoch += 1
+                bar.update(1)
+                if state.step % 10 == 0:
+                    now = time.perf_counter()
+                    bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tick_tokens / max(now - tick, 1e-9):,.0f}")
+                    tick, tick_tokens = now, 0
+                reason = self._limit_reached(start)
+                if cfg.eval_every and state.step % cfg.eval_every == 0 and not reason:
+                    if self._evaluate(validation, start):
+                        reason = "early_stopping"
+                if reason:
+                    stopped = reason
+                    state.finished = True
+                    break
+            bar.close()
+            if not state.finished:
+                state.epoch += 1
+                state.batch_in_epoch = 0
+                if not cfg.eval_every or state.epoch == cfg.epochs:
+                    if self._evaluate(validation, start):
+                        stopped, state.finished = "early_stopping", True
+        state.finished = True
+        if state.loss_count or self.last_eval_step != state.step:
+            self._evaluate(validation, start)
+        state.train_seconds = time.perf_counter() - start
+        self.save_last()
+        return self._summary(stopped)
+
+    last_eval_step: Optional[int] = None
+    last_metrics: Dict[str, float] = {}
+    padding: float = 0.0
+
+    def _step(self, batch: Dict[str, Any]) -> float:
+        cfg, state = self.cfg, self.state
+        batch = self.task.to_device(batch)
+        loss = self.task.training_step(self.model, batch)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise NlptkError(
+                f"training loss became {value} at step {state.step + 1} (epoch {state.epoch + 1}); "
+                f"lower train.lr (now {cfg.lr}) or set train.grad_clip; the last good checkpoint is {self.run_dir / 'last.pt'}"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        if self.scheduler is not None and not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step()
+        state.loss_sum += value
+        state.loss_count += 1
+        return value
+
+    def _limit_reached(self, start: float) -> Optional[str]:
+        cfg, state = self.cfg, self.state
+        if cfg.max_steps and state.step >= cfg.max_steps:
+            return "max_steps"
+        if cfg.max_minutes is not None and time.perf_counter() - start >= cfg.max_minutes * 60:
+            return "max_minutes"
+        return None
+
+    def _interrupt(self, start: float) -> None:
+        signum = self._stop_signal
+        self.state.train_seconds = time.perf_counter() - start
+        self.save_last()
+        raise TrainingInterrupted(
+            signum,
+            f"interrupted at step {self.state.step}; saved {self.run_dir / 'last.pt'}. "
+            f"Resume with: nlptk run {self.recipe.source or 'RECIPE'} --resume {self.run_dir}",
+        )
+
+    def _evaluate(self, validation: Any, start: float) -> bool:
+        """Evaluate, log, checkpoint; return True when early stopping says stop."""
+        state, task = self.state, self.task
+        self.last_eval_step = state.step
+        if not self.is_main:
+            return self._broadcast_stop(False)
+        self.raw_model.eval()
+        with torch.no_grad():
+            metrics = task.evaluate(self.raw_model, validation)
+        self.raw_model.train()
+        if self.metric not in metrics:
+            raise NlptkError(
+                f"train.early_stopping.metric: '{self.metric}' is not a metric of task '{task.name}' "
+                f"(it reports {', '.join(metrics)}); set it to one of those"
+            )
+        elapsed = time.perf_counter() - start
+        train_loss = state.loss_sum / state.loss_count if state.loss_count else None
+        record = {
+            "epoch": round(state.epoch + state.batch_in_epoch / self.steps_per_epoch, 4),
+            "step": state.step,
+            "train_loss": train_loss,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "padding_fraction": round(self.padding, 6),
+            "tokens_per_second": state.tokens / elapsed if elapsed > 0 else None,
+            "elapsed_seconds": round(elapsed, 3),
+            "validation": metrics,
+        }
+        state.loss_sum, state.loss_count = 0.0, 0
+        self.last_metrics = metrics
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+        value = metrics[self.metric]
+        better = state.best_value is None or (value < state.best_value if self.mode == "min" else value > state.best_value)
+        if better:
+            state.best_value, state.best_step, state.bad_evals = value, state.step, 0
+            save_checkpoint(self.run_dir / "best.pt", {**self._payload(full=False), "metrics": metrics})
+        else:
+            state.bad_evals += 1
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(value)
+        shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+        loss_text = f"train_loss={train_loss:.4f} " if train_loss is not None else ""
+        self.log(f"step {state.step} epoch {state.epoch}: {loss_text}validation {shown}{' *' if better else ''}")
+        task.after_evaluate(self.raw_model, self.log)
+        self.save_last()
+        patience = self.cfg.early_stopping.patience
+        return bool(patience and state.bad_evals >= patience)
+
+    def _broadcast_stop(self, stop: bool) -> bool:
+        return stop
+
+    def _summary(self, stopped: str) -> Dict[str, Any]:
+        state = self.state
+        summary = {
+            "task": self.task.name,
+            "stopped": stopped,
+            "steps": state.step,
+            "epochs": state.epoch,
+            "train_seconds": round(state.train_seconds, 2),
+            "tokens_per_second": round(state.tokens / state.train_seconds, 1) if state.train_seconds else None,
+            "padding_fraction": round(self.padding, 6),
+            "best": {"metric": self.metric, "value": state.best_value, "step": state.best_step},
+            "final": self.last_metrics,
+        }
+        if self.is_main:
+            best_metrics = self._best_metrics()
+            if best_metrics:
+                summary["best"]["metrics"] = best_metrics
+            write_json(self.run_dir / "summary.json", summary)
+        return summary
+
+    def _best_metrics(self) -> Optional[Dict[str, float]]:
+        path = self.run_dir / "metrics.jsonl"
+        if not path.exists():
+            return None
+        for line in path.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            if record["step"] == self.state.best_step:
+                return record["validation"]
+        return None
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

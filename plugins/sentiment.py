@@ -1,0 +1,137 @@
+"""Many-to-one: classify a whole text (sentiment polarity, topic, ...).
+
+The encoder reads the text; its final state (forward at the last token,
+backward at the first) summarises it; dropout and one linear layer map that
+summary to class scores. This file is also the worked example of the Task API.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nlptoolkit import (
+    NlptkError, RNNEncoder, Task, Vocabulary, build_tokenizer, classification_metrics, column,
+    load_tokenizer, pad_batch, register_task,
+)
+
+Example = Tuple[List[int], int]  # (token ids, label id)
+
+
+@dataclass
+class SentimentOptions:
+    """The recipe's `task:` section for this task."""
+
+    text_field: str = "text"
+    label_field: str = "label"
+    dropout: float = 0.5  # on the text summary, before the classifier
+
+
+class SentimentModel(nn.Module):
+    def __init__(self, encoder: RNNEncoder, num_labels: int, dropout: float) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.dropout = nn.Dropout(dropout)
+        self.classify = nn.Linear(encoder.output_size, num_labels)
+
+    def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
+        summary = self.encoder(tokens, lengths).final
+        return self.classify(self.dropout(summary))
+
+
+@register_task("sentiment")
+class SentimentTask(Task):
+    """Text classification (many-to-one): a label for each text."""
+
+    description = "Classify whole texts (many-to-one), e.g. sentence polarity; metrics accuracy and macro_f1."
+    Options = SentimentOptions
+    metrics = ("accuracy", "macro_f1", "loss")
+
+    # -- data -----------------------------------------------------------------
+    def setup(self, train: Any) -> None:
+        texts = self._texts(train, "train")
+        cfg = self.recipe.data.tokenizer
+        self.tokenizer = build_tokenizer(cfg, texts)
+        if self.run_dir is not None:
+            self.tokenizer.save(self.run_dir)
+        self.vocab = Vocabulary.build((self.tokenizer.tokenize(t) for t in texts), cfg.min_freq, cfg.max_size)
+        raw_labels = column(train, self.options.label_field, "train", "task.label_field")
+        self.labels = sorted({self._label_text(v, i, "train") for i, v in enumerate(raw_labels)})
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"vocab": self.vocab.itos, "labels": self.labels}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.tokenizer = load_tokenizer(self.recipe.data.tokenizer, self.run_dir)
+        self.vocab = Vocabulary(state["vocab"])
+        self.labels = list(state["labels"])
+
+    def _texts(self, dataset: Any, split: str) -> List[str]:
+        texts = column(dataset, self.options.text_field, split, "task.text_field")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise self.data_error(split, i, f"field '{self.options.text_field}' is {type(text).__name__}, not text; fix or remove the row")
+        return texts
+
+    def _label_text(self, value: Any, row: int, split: str) -> str:
+        if value is None or isinstance(value, (dict, list)):
+            raise self.data_error(split, row, f"field '{self.options.label_field}' is {value!r}; every row needs a label")
+        return str(value)
+
+    def encode(self, dataset: Any, split: str) -> List[Example]:
+        texts = self._texts(dataset, split)
+        raw_labels = column(dataset, self.options.label_field, split, "task.label_field")
+        index = {label: i for i, label in enumerate(self.labels)}
+        examples = []
+        for row, (text, raw) in enumerate(zip(texts, raw_labels)):
+            ids = self.vocab.encode(self.tokenizer.tokenize(text))
+            if not ids:
+                raise self.data_error(split, row, "the text has no tokens (empty or only spaces); remove the row")
+            label = self._label_text(raw, row, split)
+            if label not in index:
+                raise self.data_error(split, row, f"unknown label '{label}'; the model knows {', '.join(self.labels)}")
+            examples.append((ids, index[label]))
+        return examples
+
+    def length(self, example: Example) -> int:
+        return len(example[0])
+
+    def collate(self, examples: Sequence[Example]) -> Dict[str, Tensor]:
+        tokens, lengths = pad_batch([ids for ids, _ in examples])
+        return {"tokens": tokens, "lengths": lengths, "labels": torch.tensor([y for _, y in examples])}
+
+    # -- model ----------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        encoder = RNNEncoder.from_config(self.recipe.encoder, vocab_size=len(self.vocab))
+        return SentimentModel(encoder, len(self.labels), self.options.dropout)
+
+    def training_step(self, model: nn.Module, batch: Dict[str, Tensor]) -> Tensor:
+        return F.cross_entropy(model(batch["tokens"], batch["lengths"]), batch["labels"])
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, examples: Sequence[Example]) -> Dict[str, float]:
+        model.eval()
+        loss_sum, predictions, targets = 0.0, [], []
+        for batch in self.batches(examples, train=False):
+            batch = self.to_device(batch)
+            logits = model(batch["tokens"], batch["lengths"])
+            loss_sum += float(F.cross_entropy(logits, batch["labels"], reduction="sum"))
+            predictions += logits.argmax(-1).tolist()
+            targets += batch["labels"].tolist()
+        return classification_metrics(loss_sum, predictions, targets)
+
+    # -- use ------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, model: nn.Module, texts: List[str]) -> List[str]:
+        model.eval()
+        lines = []
+        for text in texts:
+            ids = self.vocab.encode(self.tokenizer.tokenize(text)) or [self.vocab.unk_id]
+            tokens, lengths = pad_batch([ids])
+            probs = model(tokens.to(self.device), lengths).softmax(-1)[0]
+            best = int(probs.argmax())
+            lines.append(f"{self.labels[best]}\t{probs[best]:.4f}\t{text}")
+        return lines
