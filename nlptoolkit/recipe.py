@@ -29,6 +29,7 @@ class TokenizerConfig:
 
     kind: Literal["char", "word", "sentencepiece"] = "word"
     lowercase: bool = False
+    split_punctuation: bool = False  # word only: "movie." -> "movie", "."
     vocab_size: int = at_least(8, 8000)  # sentencepiece only
     model_type: Literal["unigram", "bpe"] = "unigram"  # sentencepiece only
     min_freq: int = at_least(1, 1)

@@ -363,3 +363,21 @@ def test_reverse_within_length_example():
     x = torch.tensor([[1, 2, 3, 0], [4, 5, 0, 0], [6, 7, 8, 9]])
     got = reverse_within_length(x, torch.tensor([3, 2, 4]))
     assert got.tolist() == [[3, 2, 1, 0], [5, 4, 0, 0], [9, 8, 7, 6]]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug: padding is zeroed with x * mask, so non-finite padding (e.g. -inf from the log-mel "
+    "of zero-padded audio) becomes NaN and reaches padded outputs and the LSTM cell state",
+)
+@pytest.mark.parametrize("pad", [float("-inf"), float("nan")])
+def test_non_finite_padding_is_ignored(pad):
+    enc, ref = encoder_and_reference("lstm", 1, True)
+    x, lengths = random_batch([5, 3, 1], seed=0)
+    x[torch.arange(x.shape[1]).unsqueeze(0) >= lengths.unsqueeze(1)] = pad
+    with torch.no_grad():
+        ours = enc(x, lengths)
+        out, h, c, _ = run_packed(ref, x, lengths)
+    close(ours.outputs, out)
+    close(ours.state[0], h)
+    close(ours.state[1], c)

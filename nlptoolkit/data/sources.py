@@ -26,8 +26,14 @@ def _quiet_datasets() -> Any:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    text = " ".join(str(exc).split()) or type(exc).__name__
     return (text[:300] + "...") if len(text) > 300 else text
+
+
+def _blank(path: Path) -> bool:
+    """True for an empty or whitespace-only file (only small files are read)."""
+    size = path.stat().st_size
+    return size == 0 or (size <= 4096 and not path.read_bytes().strip())
 
 
 def infer_format(paths: Dict[str, str], fmt: Optional[str], key: str = "data.format") -> str:
@@ -47,6 +53,8 @@ def load_files(files: Dict[str, str], fmt: Optional[str] = None, key: str = "dat
         if not Path(path).is_file():
             hint = " (relative paths start from the current folder; set NLPTK_DATA to the shared data folder)" if not os.path.isabs(path) else ""
             raise NlptkError(f"{key}.{split}: file {path} does not exist{hint}")
+        if _blank(Path(path)):  # datasets fails on these with an empty StopIteration
+            raise NlptkError(f"{key}.{split}: {path} is empty (no examples); give a file with at least one row")
     fmt = infer_format(files, fmt)
     kwargs: Dict[str, Any] = {"keep_linebreaks": True} if fmt == "text" else {}
     try:

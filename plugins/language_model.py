@@ -1,0 +1,426 @@
+"""Language modelling: predict the next token of one long text, char-rnn style.
+
+The corpus is one stream of tokens (characters, words or subword pieces). For
+training it is cut into B parallel *contiguous* streams (B = train.batch_size)
+and read in chunks of ``bptt`` steps; batch k holds chunk k of every stream::
+
+    tokens   a b c d e f g h i j k l m         B = 2, bptt = 3
+    stream 0 a b c d e f                       batch 0: inputs [a b c] [g h i]  targets [b c d] [h i j]
+    stream 1 g h i j k l                       batch 1: inputs [d e]   [j k]    targets [e f]   [k l]
+                                               (m is dropped so that the streams are equally long)
+
+The hidden state at the end of chunk k is where chunk k+1 continues, so it is
+carried over and *detached*: gradients flow back at most ``bptt`` steps
+(truncated BPTT) while the model still reads the whole stream. It is reset
+at the start of every epoch.
+
+Evaluation reads the validation stream the same way, with carried state, so
+the loss is the loss of the whole text (not of shuffled windows). Generation
+reads the prompt once and then costs one RNN step per new token.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nlptoolkit import NlptkError, RNNEncoder, Task, Vocabulary, build_tokenizer, column, load_tokenizer, register_task
+
+State = Union[Tensor, Tuple[Tensor, Tensor]]
+
+
+@dataclass
+class LanguageModelOptions:
+    """The recipe's `task:` section for this task."""
+
+    text_field: str = "text"
+    bptt: int = 100  # steps per chunk: how far back gradients flow
+    dropout: float = 0.1  # on the encoder's outputs, before the output layer
+    tie_weights: bool = False  # one matrix for embedding and output (needs embedding_dim == hidden_size)
+    eval_streams: int = 16  # parallel streams when evaluating (fewer if the text is short)
+    sample_tokens: int = 200  # a sample printed after each evaluation; 0: none
+    sample_prompt: str = ""
+    sample_temperature: float = 0.8
+
+
+# ----------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------
+class LanguageModel(nn.Module):
+    """Embedding and unidirectional RNN (the shared encoder), dropout, then a linear layer to token scores."""
+
+    def __init__(self, encoder: RNNEncoder, vocab_size: int, dropout: float, tie_weights: bool) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.dropout = nn.Dropout(dropout)
+        self.decoder = nn.Linear(encoder.output_size, vocab_size)
+        if tie_weights:  # Press & Wolf 2017: fewer parameters, usually lower perplexity
+            self.decoder.weight = encoder.embedding.weight
+
+    def forward(self, tokens: Tensor, state: Optional[State] = None) -> Tuple[Tensor, State]:
+        """(B, T) token ids and the state to start from -> (B, T, V) scores and the state to continue from."""
+        out = self.encoder(tokens, state=state)
+        return self.decoder(self.dropout(out.outputs)), out.state
+
+
+def detach(state: State) -> State:
+    """Cut the graph behind a carried state: the next chunk's gradients stop here."""
+    return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+
+
+# ----------------------------------------------------------------------------
+# Stream batches
+# ----------------------------------------------------------------------------
+def split_streams(ids: Tensor, streams: int) -> Tensor:
+    """(streams, L) rows, each a contiguous stretch of ``ids``; the tail that fills no row is dropped."""
+    length = ids.numel() // streams
+    return ids[: streams * length].view(streams, length)
+
+
+class StreamBatches:
+    """Chunks of ``bptt`` steps read across parallel streams, in order.
+
+    Never shuffled: the hidden state after batch k is where batch k+1 starts.
+    Every stream has the same length, so nothing is padded.
+    """
+
+    def __init__(self, rows: Tensor, bptt: int) -> None:
+        self.rows, self.bptt = rows, bptt
+
+    def __len__(self) -> int:
+        return -(-(self.rows.shape[1] - 1) // self.bptt)  # ceil: a shorter last chunk
+
+    def __iter__(self) -> Iterator[Dict[str, Tensor]]:
+        return self.from_position(0)
+
+    def from_position(self, start: int) -> Iterator[Dict[str, Tensor]]:
+        """Batches from number ``start`` on (a resumed run skips what it saw)."""
+        for k in range(start, len(self)):
+            chunk = self.rows[:, k * self.bptt : (k + 1) * self.bptt + 1]
+            yield {"inputs": chunk[:, :-1], "targets": chunk[:, 1:]}
+
+    def padding_fraction(self) -> float:
+        return 0.0
+
+
+# ----------------------------------------------------------------------------
+# Text <-> tokens
+# ----------------------------------------------------------------------------
+def join_rows(rows: Sequence[str]) -> str:
+    """One text from a split's rows.
+
+    Rows of a `text` file keep their line breaks, so joining them gives the
+    file back; rows without one (json, csv) are taken as separate lines.
+    """
+    parts: List[str] = []
+    for i, row in enumerate(rows):
+        parts.append(row)
+        if i + 1 < len(rows) and not row.endswith("\n"):
+            parts.append("\n")
+    return "".join(parts)
+
+
+def pick_token(logits: Tensor, temperature: float, top_k: Optional[int], generator: Optional[torch.Generator]) -> int:
+    """Greedy at temperature 0; otherwise sample from softmax(logits / T), over the top k if given."""
+    if temperature == 0:
+        return int(logits.argmax())
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.numel():
+        kth = logits.topk(top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    return int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
+
+
+class Stepper:
+    """The model as single-step cells: one token in, next-token scores out.
+
+    ``nn.LSTM`` (and the encoder around it) pays fixed costs per call, such
+    as oneDNN weight reordering and the padding bookkeeping, that dwarf the
+    arithmetic of one step at batch 1. ``nn.LSTMCell`` (or GRU/RNN cells)
+    holding the same weights does just the step. Eval mode: no dropout.
+    """
+
+    CELLS = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}
+
+    def __init__(self, model: LanguageModel) -> None:
+        encoder = model.encoder
+        self.embedding, self.decoder, self.is_lstm = encoder.embedding, model.decoder, encoder.cell == "lstm"
+        self.cells = []
+        for (rnn,) in encoder.layers:  # unidirectional: one module per layer
+            w_ih = rnn.weight_ih_l0[:, :-1] if self.is_lstm else rnn.weight_ih_l0  # drop the padding-indicator input
+            cell = self.CELLS[encoder.cell](w_ih.shape[1], encoder.hidden_size).to(w_ih.device).eval()
+            with torch.no_grad():
+                for name, value in (("weight_ih", w_ih), ("weight_hh", rnn.weight_hh_l0), ("bias_ih", rnn.bias_ih_l0), ("bias_hh", rnn.bias_hh_l0)):
+                    getattr(cell, name).copy_(value)
+            self.cells.append(cell)
+
+    def split(self, state: State) -> List[Any]:
+        """The encoder's (L, 1, H) state as one entry per layer, in each cell's layout."""
+        if self.is_lstm:
+            h, c = state
+            return [(h[k], c[k]) for k in range(len(self.cells))]
+        return [state[k] for k in range(len(self.cells))]
+
+    @torch.no_grad()
+    def __call__(self, token_id: int, layers: List[Any]) -> Tuple[Tensor, List[Any]]:
+        """Scores (V,) for the token after ``token_id``, and the new per-layer state."""
+        x = self.embedding(torch.tensor([token_id], device=self.decoder.weight.device))
+        new = []
+        for cell, state in zip(self.cells, layers):
+            state = cell(x, state)
+            x = state[0] if self.is_lstm else state
+            new.append(state)
+        return self.decoder(x)[0], new
+
+
+@torch.no_grad()
+def sample_ids(
+    model: LanguageModel, context: List[int], max_tokens: int, temperature: float, top_k: Optional[int],
+    banned: Tensor, generator: Optional[torch.Generator] = None,
+) -> Iterator[int]:
+    """New token ids after ``context``.
+
+    The context is read once, in one call; after that each new token is a
+    single step from the carried state, so n tokens cost n steps, not n^2/2.
+    ``banned`` is added to the scores (-inf for tokens that are never output).
+    """
+    logits, state = model(torch.tensor([context], device=banned.device))
+    scores, step = logits[0, -1], Stepper(model)
+    layers = step.split(state)
+    for i in range(max_tokens):
+        next_id = pick_token(scores + banned, temperature, top_k, generator)
+        yield next_id
+        if i + 1 < max_tokens:  # the step for a token nobody asks for is skipped
+            scores, layers = step(next_id, layers)
+
+
+# ----------------------------------------------------------------------------
+# The task
+# ----------------------------------------------------------------------------
+@register_task("language_model")
+class LanguageModelTask(Task):
+    """Next-token prediction over a text stream; reports loss, perplexity and (char) bpc; generates text."""
+
+    description = "Language model (char, word or subword) trained with truncated BPTT; metrics loss, perplexity, bpc; `nlptk generate`."
+    Options = LanguageModelOptions
+    shuffle_split = False  # a carved validation split is the end of the text, not random lines
+    metrics = ("loss", "perplexity", "bpc")
+
+    def __init__(self, recipe: Any, run_dir: Any = None) -> None:
+        super().__init__(recipe, run_dir)
+        check_recipe(recipe)
+        self.kind = recipe.data.tokenizer.kind
+        self.carried: Optional[State] = None  # the training state handed from chunk to chunk
+
+    # -- data -----------------------------------------------------------------
+    def setup(self, train: Any) -> None:
+        text = self._text(train, "train")
+        cfg = self.recipe.data.tokenizer
+        self.tokenizer = build_tokenizer(cfg, text.split("\n") if self.kind == "sentencepiece" else None)
+        if self.run_dir is not None:
+            self.tokenizer.save(self.run_dir)
+        self.vocab = Vocabulary.build([self._tokens(text)], cfg.min_freq, cfg.max_size)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"vocab": self.vocab.itos}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.tokenizer = load_tokenizer(self.recipe.data.tokenizer, self.run_dir)
+        self.vocab = Vocabulary(state["vocab"])
+
+    def _text(self, dataset: Any, split: str) -> str:
+        rows = column(dataset, self.options.text_field, split, "task.text_field")
+        for i, row in enumerate(rows):
+            if not isinstance(row, str):
+                raise self.data_error(split, i, f"field '{self.options.text_field}' is {type(row).__name__}, not text; fix or remove the row")
+        return join_rows(rows)
+
+    def _tokens(self, text: str, end_last_line: bool = True) -> List[str]:
+        """Tokens of a text. Characters keep the newline as a token; words and
+        pieces get one ``<eos>`` per line instead (Mikolov's PTB convention).
+        ``end_last_line=False`` leaves an unfinished last line open (a prompt)."""
+        if self.kind == "char":
+            return self.tokenizer.tokenize(text)
+        lines = text.split("\n")
+        last = lines.pop()  # "" when the text ends with a line break
+        tokens = [t for line in lines for t in (*self.tokenizer.tokenize(line), Vocabulary.EOS)]
+        if last:
+            tokens += self.tokenizer.tokenize(last) + ([Vocabulary.EOS] if end_last_line else [])
+        return tokens
+
+    def encode(self, dataset: Any, split: str) -> Tensor:
+        """The split as one 1-D tensor of token ids."""
+        ids = torch.tensor(self.vocab.encode(self._tokens(self._text(dataset, split))), dtype=torch.long)
+        if ids.numel() < 2:
+            raise NlptkError(f"{self.sources.get(split, f'the {split} split')}: {ids.numel()} token(s); a language model needs at least 2 (one input, one target)")
+        return ids
+
+    def batches(self, examples: Tensor, train: bool, epoch: int = 0, rank: int = 0, world_size: int = 1) -> StreamBatches:
+        """Training: train.batch_size streams per process. Evaluation: up to task.eval_streams streams."""
+        bptt = self.options.bptt
+        if not train:
+            streams = max(1, min(self.options.eval_streams, examples.numel() // (bptt + 1)))
+            return StreamBatches(split_streams(examples, streams), bptt)
+        streams = self.recipe.train.batch_size
+        needed = streams * world_size * (bptt + 1)
+        if examples.numel() < needed:
+            procs = f" x {world_size} processes" if world_size > 1 else ""
+            raise NlptkError(
+                f"{self.sources.get('train', 'the train split')}: {examples.numel():,} tokens are too few for one training chunk: "
+                f"train.batch_size {streams} streams{procs} of task.bptt {bptt} + 1 tokens need at least {needed:,}; "
+                f"lower train.batch_size or task.bptt, or give more text"
+            )
+        rows = split_streams(examples, streams * world_size)[rank * streams : (rank + 1) * streams]
+        return StreamBatches(rows, bptt)
+
+    def count_tokens(self, batch: Dict[str, Tensor]) -> int:
+        return batch["targets"].numel()
+
+    # -- model ----------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        encoder = RNNEncoder.from_config(self.recipe.encoder, vocab_size=len(self.vocab))
+        return LanguageModel(encoder, len(self.vocab), self.options.dropout, self.options.tie_weights)
+
+    def training_step(self, model: nn.Module, batch: Dict[str, Tensor]) -> Tensor:
+        logits, state = model(batch["inputs"], self.carried)
+        self.carried = detach(state)
+        return F.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten())
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, examples: Tensor) -> Dict[str, float]:
+        """Mean loss per predicted token over the whole stream, state carried across chunks."""
+        model.eval()
+        total, count, state = 0.0, 0, None
+        for batch in self.batches(examples, train=False):
+            batch = self.to_device(batch)
+            logits, state = model(batch["inputs"], state)
+            total += float(F.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten(), reduction="sum"))
+            count += batch["targets"].numel()
+        return self.metrics_from_loss(total / count)
+
+    def metrics_from_loss(self, loss: float) -> Dict[str, float]:
+        """Loss in nats per token; perplexity = e^loss; bits per character = loss / ln 2 (char models)."""
+        metrics = {"loss": loss, "perplexity": math.exp(loss) if loss < 700 else math.inf}
+        if self.kind == "char":
+            metrics["bpc"] = loss / math.log(2)
+        return metrics
+
+    # -- training-time state -----------------------------------------------------
+    def on_epoch_start(self, epoch: int) -> None:
+        self.carried = None  # a new pass over the text starts from a blank state
+
+    def training_state(self) -> Dict[str, Any]:
+        carried = self.carried
+        if carried is None:
+            return {"carried": None}
+        return {"carried": [s.cpu() for s in carried] if isinstance(carried, tuple) else [carried.cpu()]}
+
+    def load_training_state(self, state: Dict[str, Any]) -> None:
+        saved = state.get("carried")
+        if not saved:
+            self.carried = None
+            return
+        tensors = [s.to(self.device) for s in saved]
+        self.carried = tuple(tensors) if len(tensors) == 2 else tensors[0]
+
+    def after_evaluate(self, model: nn.Module, log: Any) -> None:
+        """Print a short sample, so a person watching sees the model learn."""
+        n = self.options.sample_tokens
+        if n == 0:
+            return
+        was_training = model.training
+        generator = torch.Generator(device=self.device).manual_seed(self.recipe.seed)  # leaves training's RNG alone
+        try:
+            text = "".join(self.generate(model, self.options.sample_prompt, n, self.options.sample_temperature, None, generator))
+        finally:
+            model.train(was_training)
+        shown = "\n".join("  | " + line for line in text.split("\n"))
+        log(f"sample (temperature {self.options.sample_temperature}):\n{shown}")
+
+    # -- use ------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self, model: nn.Module, prompt: str, max_tokens: int, temperature: float, top_k: Optional[int],
+        generator: Optional[torch.Generator] = None,
+    ) -> Iterator[str]:
+        """Stream the prompt, then ``max_tokens`` new tokens as text pieces."""
+        if temperature < 0:
+            raise NlptkError(f"temperature {temperature}: must be 0 (greedy) or positive")
+        model.eval()
+        context = self.prompt_ids(prompt)
+        if prompt:
+            yield prompt
+        line_start = prompt == "" or prompt.endswith("\n")
+        for token_id in sample_ids(model, context, max_tokens, temperature, top_k, self.banned(), generator):
+            piece = self.piece(token_id, line_start)
+            line_start = piece.endswith("\n")
+            yield piece
+
+    def prompt_ids(self, prompt: str) -> List[int]:
+        """What the model reads before generating.
+
+        A line break first (a prompt starts a line, and that is a state the
+        model has seen), then the prompt; ``<bos>`` if there is neither.
+        Tokens outside the vocabulary are read as ``<unk>``, with a warning.
+        """
+        tokens = self._tokens(prompt, end_last_line=False)
+        unknown = sorted({t for t in tokens if t not in self.vocab})
+        if unknown:
+            shown = ", ".join(repr(t) for t in unknown[:10])
+            print(f"warning: not in the model's vocabulary, read as {Vocabulary.UNK}: {shown}", file=sys.stderr)
+        line_break = self.line_break_id()
+        ids = ([line_break] if line_break is not None else []) + self.vocab.encode(tokens)
+        return ids or [self.vocab.bos_id]
+
+    def line_break_id(self) -> Optional[int]:
+        if self.kind == "char":
+            return self.vocab.stoi.get("\n")
+        return self.vocab.eos_id
+
+    def banned(self) -> Tensor:
+        """Added to the scores: -inf for padding and <bos>, which are never the next token."""
+        bias = torch.zeros(len(self.vocab), device=self.device)
+        bias[[self.vocab.pad_id, self.vocab.bos_id]] = -math.inf
+        return bias
+
+    def piece(self, token_id: int, line_start: bool) -> str:
+        """The text of one generated token, given whether it starts a line."""
+        token = self.vocab.itos[token_id]
+        if token_id == self.vocab.eos_id:
+            return "\n"
+        if self.kind == "char":
+            return token
+        if self.kind == "word":
+            return token if line_start else " " + token
+        text = token.replace("\u2581", " ")  # sentencepiece marks a space with '▁'
+        return text.lstrip(" ") if line_start else text
+
+
+def check_recipe(recipe: Any) -> None:
+    """Mistakes in the recipe that would only show up later, named now."""
+    options, encoder = recipe.task_options, recipe.encoder
+    if encoder.bidirectional:
+        raise NlptkError(
+            "encoder.bidirectional: true, but a language model predicts the next token and may not read ahead; "
+            "set encoder.bidirectional: false"
+        )
+    if options.tie_weights and encoder.embedding_dim != encoder.hidden_size:
+        raise NlptkError(
+            f"task.tie_weights: true needs encoder.embedding_dim == encoder.hidden_size "
+            f"(got {encoder.embedding_dim} and {encoder.hidden_size}); make them equal or set tie_weights: false"
+        )
+    checks = [
+        ("bptt", options.bptt >= 1, "at least 1"),
+        ("dropout", 0.0 <= options.dropout < 1.0, "in [0, 1)"),
+        ("eval_streams", options.eval_streams >= 1, "at least 1"),
+        ("sample_tokens", options.sample_tokens >= 0, "0 or more"),
+        ("sample_temperature", options.sample_temperature >= 0, "0 (greedy) or more"),
+    ]
+    for key, ok, rule in checks:
+        if not ok:
+            raise NlptkError(f"task.{key}: must be {rule}, got {getattr(options, key)!r}")
