@@ -52,17 +52,36 @@ def cli(plugins: Sequence[str], debug: bool) -> None:
 @click.option("--output-dir", type=click.Path(file_okay=False), help="Run folder to write (default: runs/<recipe name>).")
 @click.option("--force", is_flag=True, help="Replace the run folder if it already exists.")
 @click.option("--resume", type=click.Path(file_okay=False), metavar="RUN_DIR", help="Continue an interrupted run from its last.pt.")
+@click.option("--override", "allow_changes", multiple=True, metavar="KEY", help="With --resume: accept that recipe KEY (or a section) differs from the saved recipe (repeatable).")
 @click.option("--quiet", is_flag=True, help="No progress bars: one plain line per evaluation (good for log files).")
-def run(recipe: str, overrides: Sequence[str], output_dir: Optional[str], force: bool, resume: Optional[str], quiet: bool) -> None:
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True, help="Train with N processes (torch.distributed, DDP); train.batch_size is the global batch.")
+def run(
+    recipe: str, overrides: Sequence[str], output_dir: Optional[str], force: bool, resume: Optional[str],
+    allow_changes: Sequence[str], quiet: bool, nproc: int,
+) -> None:
     """Train RECIPE, evaluate it, and write a run folder.
 
     The folder (default runs/<name>) gets recipe.yaml, metrics.jsonl,
     summary.json, best.pt, last.pt and curves.png. Paths in the recipe are
     relative to the current folder; ${VAR:-default} reads the environment.
+    Ctrl-C or SIGTERM saves last.pt and prints the --resume command; a
+    resumed run continues exactly (same recipe, or the keys --override names).
     """
+    if allow_changes and not resume:
+        raise NlptkError(f"--override {allow_changes[0]}: only makes sense with --resume RUN_DIR; use --set KEY=VALUE to change a new run")
+    if nproc > 1:
+        from nlptoolkit.distributed import launch
+
+        args = ["run", recipe, *[a for o in overrides for a in ("--set", o)]] + (["--quiet"] if quiet else [])
+        args += (["--output-dir", output_dir] if output_dir else []) + (["--force"] if force else [])
+        args += ["--resume", resume] if resume else []
+        args += [a for k in allow_changes for a in ("--override", k)]
+        sys.exit(launch(nproc, args))
     from nlptoolkit.runs import train
 
-    summary = train(recipe, overrides, output_dir, force, quiet, resume)
+    summary = train(recipe, overrides, output_dir, force, quiet, resume, allow_changes)
+    if summary.get("rank", 0) != 0:
+        return
     best = summary["best"]
     final = " ".join(f"{k}={v:.4f}" for k, v in summary["final"].items())
     click.echo(

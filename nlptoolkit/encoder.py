@@ -137,10 +137,14 @@ class RNNEncoder(nn.Module):
         )
 
     def _reset_pad_gates(self) -> None:
+        # Write only if something (weight decay, a loaded checkpoint) moved the
+        # column: an in-place write would invalidate a pending backward pass.
         with torch.no_grad():
             for directions in self.layers:
                 for rnn in directions:
-                    rnn.weight_ih_l0[:, -1].copy_(self._pad_gate_column)
+                    column = rnn.weight_ih_l0[:, -1]
+                    if not torch.equal(column, self._pad_gate_column):
+                        column.copy_(self._pad_gate_column)
 
     def initial_state(self, batch_size: int, device: Optional[torch.device] = None) -> State:
         """Zeros in the layout ``forward(state=...)`` takes."""
@@ -166,12 +170,12 @@ class RNNEncoder(nn.Module):
             if B and (int(lengths.min()) < 1 or int(lengths.max()) > T):
                 raise ValueError(f"every length must be in 1..{T} (the padded length); got {lengths.min().item()}..{lengths.max().item()}")
         full = bool((lengths == T).all())
-        mask = padding_mask(lengths, T).unsqueeze(-1).to(x.dtype)  # (B, T, 1)
+        real = padding_mask(lengths, T).unsqueeze(-1)  # (B, T, 1), True at real tokens
         if not full:
-            x = x * mask  # finite, known values at padded steps
+            x = torch.where(real, x, 0.0)  # known, finite values at padded steps (even if given inf)
         if self.cell == "lstm":
             self._reset_pad_gates()
-            pad_flag = 1.0 - mask
+            pad_flag = (~real).to(x.dtype)
 
         h0, c0 = self._split_state(state)
         hs: List[Tensor] = []
@@ -199,7 +203,7 @@ class RNNEncoder(nn.Module):
                 outs.append(reverse_within_length(out, lengths) if backward else out)
             x = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
 
-        outputs = x if full else x * mask
+        outputs = x if full else torch.where(real, x, 0.0)
         h_n = torch.stack(hs)
         new_state: State = (h_n, torch.stack(cs)) if self.cell == "lstm" else h_n
         top = h_n[-self.num_directions :]  # forward at last token, backward at first

@@ -133,6 +133,9 @@ def read_yaml(text: str, file: Optional[str]) -> Tuple[Any, Dict[str, int]]:
         line = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).split("\n")[0]
         raise NlptkError(f"{file or 'recipe'}{line}: invalid YAML: {problem}; check indentation, colons and quotes") from None
+    except RecursionError:
+        raise NlptkError(f"{file or 'recipe'}: nested far too deeply to be a recipe (more than {MAX_DEPTH} levels); check the brackets") from None
+    check_shape(data, file)
     lines: Dict[str, int] = {}
 
     def walk(n: Any, prefix: str) -> None:
@@ -152,6 +155,31 @@ def read_yaml(text: str, file: Optional[str]) -> Tuple[Any, Dict[str, int]]:
 
     walk(node, "")
     return data, lines
+
+
+MAX_DEPTH = 32  # a real recipe nests 3-4 levels
+MAX_NODES = 100_000  # values after expanding YAML aliases (&a / *a)
+
+
+def check_shape(data: Any, file: Optional[str]) -> None:
+    """Refuse YAML no recipe has: deep nesting, aliases that contain themselves, or
+    aliases that expand to huge data ("billion laughs"), before anything walks it."""
+    name = file or "recipe"
+    count = 0
+    stack: List[Tuple[Any, int, Tuple[int, ...]]] = [(data, 0, ())]
+    while stack:
+        value, depth, parents = stack.pop()
+        count += 1
+        if count > MAX_NODES:
+            raise NlptkError(f"{name}: the YAML expands to more than {MAX_NODES} values (through aliases such as *a); write the recipe out plainly")
+        if isinstance(value, (dict, list)):
+            if depth >= MAX_DEPTH:
+                raise NlptkError(f"{name}: nested far too deeply to be a recipe (more than {MAX_DEPTH} levels); check the brackets")
+            if id(value) in parents:
+                raise NlptkError(f"{name}: a YAML alias (*name) refers to a mapping or list that contains it; remove the loop")
+            children = value.values() if isinstance(value, dict) else value
+            inner = parents + (id(value),)
+            stack.extend((child, depth + 1, inner) for child in children)
 
 
 # --------------------------------------------------------------------------
@@ -181,9 +209,11 @@ def interpolate(value: Any, key: str, where: Locator, env: Optional[Dict[str, st
     result = _VAR.sub(substitute, value)
     if _VAR.fullmatch(value):  # a whole-value variable takes the type its text reads as (3 -> int)
         try:
-            return yaml.safe_load(result)
-        except yaml.YAMLError:
+            loaded = yaml.safe_load(result)
+        except (yaml.YAMLError, RecursionError):
             return result
+        check_shape(loaded, f"{where.file or 'recipe'}: {key}")
+        return loaded
     return result
 
 
@@ -203,6 +233,9 @@ def apply_overrides(data: Dict[str, Any], overrides: Sequence[str], where: Locat
             value = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError:
             value = text
+        except RecursionError:
+            raise NlptkError(f"--set {path.strip()}: the value is nested far too deeply (more than {MAX_DEPTH} levels)") from None
+        check_shape(value, f"--set {path.strip()}")
         node = data
         for i, k in enumerate(keys[:-1]):
             child = node.get(k)

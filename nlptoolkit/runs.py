@@ -15,12 +15,14 @@ import shutil
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-import yaml
+import torch
+
+from nlptoolkit import distributed
 
 from nlptoolkit.checkpoint import atomic_write_text, load_checkpoint
 from nlptoolkit.data.sources import load_splits
 from nlptoolkit.errors import NlptkError
-from nlptoolkit.recipe import Recipe, load_recipe, recipe_from_dict
+from nlptoolkit.recipe import Recipe, load_recipe, read_yaml, recipe_from_dict
 from nlptoolkit.registry import registry
 from nlptoolkit.trainer import Trainer, pick_device, seed_everything
 
@@ -55,18 +57,29 @@ def train(
     force: bool = False,
     quiet: bool = False,
     resume: Optional[str] = None,
+    allow_changes: Sequence[str] = (),
 ) -> Dict[str, Any]:
-    """What `nlptk run` does: load, prepare data, build, train, summarise."""
+    """What `nlptk run` does: load, prepare data, build, train, summarise.
+
+    ``allow_changes`` (``--override KEY``) names recipe keys that may differ from
+    the saved recipe on ``--resume``.
+    """
+    proc = distributed.init_from_env()
     recipe = load_recipe(recipe_path, overrides)
     if resume:
         run_dir = Path(resume)
-        payload = load_checkpoint(run_dir / "last.pt")
-        check_same_recipe(payload["recipe"], recipe, run_dir)
+        payload = load_resume_checkpoint(run_dir)
+        check_same_recipe(payload["recipe"], recipe, run_dir, allow_changes)
     else:
-        run_dir = prepare_run_dir(Path(output_dir) if output_dir else Path("runs") / recipe.name, force)
+        run_dir = Path(output_dir) if output_dir else Path("runs") / recipe.name
+        if proc.is_main:
+            prepare_run_dir(run_dir, force)
+        distributed.barrier()
         payload = None
     seed_everything(recipe.seed)
-    task = make_task(recipe, run_dir)
+    task = make_task(recipe, run_dir if proc.is_main else None)  # only rank 0 writes files
+    if proc.world_size > 1 and task.device.type == "cuda":
+        task.device = torch.device("cuda", proc.local_rank)
     splits = load_splits(recipe.data, recipe.seed, task.shuffle_split)
     task.sources = describe_sources(recipe)
     if payload is not None:
@@ -76,16 +89,22 @@ def train(
     train_examples = task.encode(splits["train"], "train")
     validation = task.encode(splits["validation"], "validation")
     model = task.build_model().to(task.device)
-    if payload is None:
+    if proc.is_main:  # on resume too: --override may have changed it
         atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
-    trainer = Trainer(task, model, run_dir, quiet=quiet)
+    parallel = None
+    if proc.world_size > 1:
+        ids = [proc.local_rank] if task.device.type == "cuda" else None
+        parallel = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    trainer = Trainer(task, model, run_dir, quiet=quiet, rank=proc.rank, world_size=proc.world_size, parallel_model=parallel)
     if payload is not None:
         trainer.restore(payload)
     summary = trainer.fit(train_examples, validation)
-    from nlptoolkit.plots import plot_curves
+    if proc.is_main:
+        from nlptoolkit.plots import plot_curves
 
-    plot_curves(run_dir)
-    return {"run_dir": str(run_dir), **summary}
+        plot_curves(run_dir)
+    distributed.shutdown()
+    return {"run_dir": str(run_dir), "rank": proc.rank, **summary}
 
 
 def describe_sources(recipe: Recipe) -> Dict[str, str]:
@@ -100,13 +119,55 @@ def describe_sources(recipe: Recipe) -> Dict[str, str]:
     return {split: f"split '{split}' of {origin}" for split in ("train", "validation", "test")}
 
 
-def check_same_recipe(saved: Dict[str, Any], recipe: Recipe, run_dir: Path) -> None:
-    """Resume only the recipe the run was started with."""
-    current = recipe.to_dict()
-    diffs = [k for k in sorted(set(flatten(saved)) | set(flatten(current))) if flatten(saved).get(k) != flatten(current).get(k)]
-    if diffs:
-        shown = "; ".join(f"{k}: {flatten(saved).get(k)!r} -> {flatten(current).get(k)!r}" for k in diffs[:5])
-        raise NlptkError(f"--resume {run_dir}: the recipe differs from the one the run was started with ({shown}); resume with the same recipe")
+def load_resume_checkpoint(run_dir: Path) -> Dict[str, Any]:
+    """last.pt of a run folder that can be continued, or a one-line error saying why not."""
+    if not run_dir.is_dir():
+        raise NlptkError(f"--resume {run_dir}: no such run folder; give the folder of an interrupted `nlptk run`")
+    if not (run_dir / "last.pt").is_file():
+        raise NlptkError(
+            f"--resume {run_dir}: there is no last.pt in it (the run stopped before its first checkpoint, "
+            "or this is not a run folder); start it again with --force"
+        )
+    remove_stale_temp_files(run_dir)
+    payload = load_checkpoint(run_dir / "last.pt")
+    missing = [k for k in ("recipe", "model", "optimizer", "train_state", "rng", "task_state") if k not in payload]
+    if missing:
+        raise NlptkError(f"--resume {run_dir}: last.pt lacks {', '.join(missing)}; it cannot be resumed exactly")
+    state = payload["train_state"]
+    if not isinstance(state, dict) or not isinstance(payload["recipe"], dict):
+        raise NlptkError(f"--resume {run_dir}: last.pt is damaged (train_state or recipe is not a mapping); start the run again with --force")
+    if state.get("finished"):
+        raise NlptkError(
+            f"--resume {run_dir}: this run already finished (step {state.get('step')}); there is nothing to resume; "
+            "use `nlptk evaluate` on it, or start a new run"
+        )
+    return payload
+
+
+def check_same_recipe(saved: Dict[str, Any], recipe: Recipe, run_dir: Path, allowed: Sequence[str] = ()) -> None:
+    """Resume only the recipe the run was started with, except keys named by ``--override``."""
+    old, new = flatten(saved), flatten(recipe.to_dict())
+    diffs = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    allowed = [a.strip() for a in allowed]
+    refused = [k for k in diffs if not any(k == a or k.startswith(a + ".") for a in allowed)]
+    if refused:
+        shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in refused[:5])
+        more = f"; and {len(refused) - 5} more" if len(refused) > 5 else ""
+        flags = " ".join(f"--override {k}" for k in refused)
+        raise NlptkError(
+            f"--resume {run_dir}: the recipe differs from the one the run was started with ({shown}{more}); "
+            f"resume with the same recipe, or accept the change with {flags}"
+        )
+
+
+def remove_stale_temp_files(run_dir: Path) -> None:
+    """Remove temporary files a killed save left behind (``.last.pt.XXXX.tmp``)."""
+    for name in ("last.pt", "best.pt", "summary.json", "recipe.yaml", "metrics.jsonl"):
+        for tmp in run_dir.glob(f".{name}.*.tmp"):
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
 
 
 def flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
@@ -128,14 +189,24 @@ def load_run(run_dir: str, checkpoint: str = "best") -> Tuple[Recipe, Any, Any]:
     recipe_file = folder / "recipe.yaml"
     if not recipe_file.is_file():
         raise NlptkError(f"{recipe_file} is missing; {run_dir} is not a run folder written by `nlptk run`")
-    saved = yaml.safe_load(recipe_file.read_text(encoding="utf-8"))
-    recipe = recipe_from_dict(saved, file=str(recipe_file))
-    payload = load_checkpoint(folder / f"{checkpoint}.pt")
+    try:
+        text = recipe_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise NlptkError(f"{recipe_file}: not UTF-8 text (byte {exc.start}); the run folder is damaged") from None
+    saved, lines = read_yaml(text, str(recipe_file))
+    recipe = recipe_from_dict(saved, file=str(recipe_file), lines=lines)
+    path = folder / f"{checkpoint}.pt"
+    payload = load_checkpoint(path)
     task = make_task(recipe, folder)
-    task.load_state_dict(payload["task_state"])
+    try:
+        task.load_state_dict(payload["task_state"])
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise NlptkError(f"{path}: damaged checkpoint: its task state does not load ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); train the run again") from None
     model = task.build_model()
     try:
         model.load_state_dict(payload["model"])
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise NlptkError(f"{path}: damaged checkpoint: no usable model weights ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); train the run again") from None
     except RuntimeError as exc:
         raise NlptkError(f"{folder / (checkpoint + '.pt')}: weights do not fit the model its recipe describes ({' '.join(str(exc).split())[:200]})") from None
     model.to(task.device).eval()

@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -50,6 +50,17 @@ class TrainState:
     loss_count: int = 0
     tokens: int = 0
     finished: bool = False
+
+
+def _test_signal_at_step() -> Optional[Tuple[int, int]]:
+    """Test-only hook: ``NLPTK_TEST_SIGNAL_AT_STEP=N[:INT|TERM]`` makes the trainer send
+    itself that signal (default SIGTERM) right after step N, so tests can interrupt a
+    run at an exact step through the real signal path. Unset in normal use."""
+    text = os.environ.get("NLPTK_TEST_SIGNAL_AT_STEP")
+    if not text:
+        return None
+    step, _, name = text.partition(":")
+    return int(step), int(getattr(signal, "SIG" + (name or "TERM").upper()))
 
 
 def seed_everything(seed: int) -> None:
@@ -95,6 +106,7 @@ class Trainer:
         rank: int = 0,
         world_size: int = 1,
         log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
+        parallel_model: Optional[nn.Module] = None,
     ) -> None:
         self.task = task
         self.recipe = task.recipe
@@ -106,7 +118,7 @@ class Trainer:
         self.log = log if self.is_main else (lambda s: None)
         self.device = task.device
         self.raw_model = model
-        self.model = model  # may be wrapped in DistributedDataParallel by the caller
+        self.model = parallel_model or model  # trains through the DDP wrapper when there is one
         self.optimizer = self._build_optimizer()
         self.scheduler: Optional[Any] = None
         self.state = TrainState()
@@ -160,9 +172,12 @@ class Trainer:
             )
         return payload
 
+    _saved_step: Optional[int] = None  # the step last.pt holds
+
     def save_last(self) -> None:
         if self.is_main:
             save_checkpoint(self.run_dir / "last.pt", self._payload(full=True))
+        self._saved_step = self.state.step
 
     def restore(self, payload: Dict[str, Any]) -> None:
         """Continue exactly where `last.pt` left off."""
@@ -172,6 +187,31 @@ class Trainer:
         self._pending_scheduler = payload.get("scheduler")
         self.task.load_training_state(payload.get("training_state") or {})
         set_rng_state(payload["rng"])
+        self._saved_step = self.state.step
+        if self.is_main:
+            self._trim_metrics()
+
+    def _trim_metrics(self) -> None:
+        """Keep only the metrics.jsonl lines that last.pt knows about.
+
+        A hard kill between appending an evaluation and saving last.pt (or in the
+        middle of a line) would otherwise leave a torn or duplicate line once the
+        resumed run evaluates that step again.
+        """
+        path = self.run_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        kept = []
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= self.state.step:
+                kept.append(line + "\n")
+        text = "".join(kept)
+        if text != path.read_text(encoding="utf-8", errors="replace"):
+            atomic_write_text(path, text)
 
     # -- signals ------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -207,6 +247,7 @@ class Trainer:
     def _loop(self, train: Any, validation: Any, total_steps: int) -> Dict[str, Any]:
         cfg, state, task = self.cfg, self.state, self.task
         stopped = "completed"
+        signal_at = _test_signal_at_step()
         start = time.perf_counter() - state.train_seconds
         self.model.train()
         while state.epoch < cfg.epochs and not state.finished:
@@ -228,6 +269,8 @@ class Trainer:
                 tick_tokens += tokens
                 state.step += 1
                 state.batch_in_epoch += 1
+                if signal_at is not None and state.step == signal_at[0]:
+                    os.kill(os.getpid(), signal_at[1])
                 bar.update(1)
                 if state.step % 10 == 0:
                     now = time.perf_counter()
@@ -245,7 +288,8 @@ class Trainer:
             if not state.finished:
                 state.epoch += 1
                 state.batch_in_epoch = 0
-                if not cfg.eval_every or state.epoch == cfg.epochs:
+                # evaluate at the epoch's end, unless eval_every just did so at this very step
+                if (not cfg.eval_every or state.epoch == cfg.epochs) and self.last_eval_step != state.step:
                     if self._evaluate(validation, start):
                         stopped, state.finished = "early_stopping", True
         state.finished = True
@@ -265,20 +309,32 @@ class Trainer:
         loss = self.task.training_step(self.model, batch)
         value = float(loss.detach())
         if not math.isfinite(value):
-            raise NlptkError(
-                f"training loss became {value} at step {state.step + 1} (epoch {state.epoch + 1}); "
-                f"lower train.lr (now {cfg.lr}) or set train.grad_clip; the last good checkpoint is {self.run_dir / 'last.pt'}"
-            )
+            raise self._not_finite(f"training loss became {value}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if cfg.grad_clip:
-            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        # the norm (clipped or not) also catches inf/nan gradients before they reach the weights
+        norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or math.inf)
+        if not math.isfinite(float(norm)):
+            raise self._not_finite(f"the gradient norm became {float(norm)}")
         self.optimizer.step()
         if self.scheduler is not None and not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step()
         state.loss_sum += value
         state.loss_count += 1
         return value
+
+    def _not_finite(self, what: str) -> NlptkError:
+        """Stop before a bad update; last.pt (if any) still holds the last good state."""
+        cfg, state = self.cfg, self.state
+        last = self.run_dir / "last.pt"
+        kept = (
+            f"the last good checkpoint {last} (step {self._saved_step}) is kept"
+            if self._saved_step is not None else "no checkpoint was written yet"
+        )
+        return NlptkError(
+            f"{what} at step {state.step + 1} (epoch {state.epoch + 1}); training stopped; "
+            f"lower train.lr (now {cfg.lr}) or set a smaller train.grad_clip (now {cfg.grad_clip}); {kept}"
+        )
 
     def _limit_reached(self, start: float) -> Optional[str]:
         cfg, state = self.cfg, self.state
@@ -300,10 +356,20 @@ class Trainer:
 
     def _evaluate(self, validation: Any, start: float) -> bool:
         """Evaluate, log, checkpoint; return True when early stopping says stop."""
+        self.last_eval_step = self.state.step
+        value, stop = self._evaluate_main(validation, start) if self.is_main else (0.0, False)
+        if self.world_size > 1:  # every process must agree on the schedule and on stopping
+            shared = torch.tensor([value, float(stop)], dtype=torch.float64, device=self.device)
+            torch.distributed.broadcast(shared, src=0)
+            value, stop = float(shared[0]), bool(shared[1])
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(value)
+        self.save_last()
+        return stop
+
+    def _evaluate_main(self, validation: Any, start: float) -> Tuple[float, bool]:
+        """Rank 0's part: metrics, metrics.jsonl, best.pt and last.pt."""
         state, task = self.state, self.task
-        self.last_eval_step = state.step
-        if not self.is_main:
-            return self._broadcast_stop(False)
         self.raw_model.eval()
         with torch.no_grad():
             metrics = task.evaluate(self.raw_model, validation)
@@ -339,18 +405,12 @@ class Trainer:
             save_checkpoint(self.run_dir / "best.pt", {**self._payload(full=False), "metrics": metrics})
         else:
             state.bad_evals += 1
-        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            self.scheduler.step(value)
         shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
         loss_text = f"train_loss={train_loss:.4f} " if train_loss is not None else ""
         self.log(f"step {state.step} epoch {state.epoch}: {loss_text}validation {shown}{' *' if better else ''}")
         task.after_evaluate(self.raw_model, self.log)
-        self.save_last()
         patience = self.cfg.early_stopping.patience
-        return bool(patience and state.bad_evals >= patience)
-
-    def _broadcast_stop(self, stop: bool) -> bool:
-        return stop
+        return value, bool(patience and state.bad_evals >= patience)
 
     def _summary(self, stopped: str) -> Dict[str, Any]:
         state = self.state
@@ -359,6 +419,7 @@ class Trainer:
             "stopped": stopped,
             "steps": state.step,
             "epochs": state.epoch,
+            "processes": self.world_size,
             "train_seconds": round(state.train_seconds, 2),
             "tokens_per_second": round(state.tokens / state.train_seconds, 1) if state.train_seconds else None,
             "padding_fraction": round(self.padding, 6),

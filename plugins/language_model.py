@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -189,14 +190,32 @@ def sample_ids(
     single step from the carried state, so n tokens cost n steps, not n^2/2.
     ``banned`` is added to the scores (-inf for tokens that are never output).
     """
-    logits, state = model(torch.tensor([context], device=banned.device))
-    scores, step = logits[0, -1], Stepper(model)
-    layers = step.split(state)
-    for i in range(max_tokens):
-        next_id = pick_token(scores + banned, temperature, top_k, generator)
-        yield next_id
-        if i + 1 < max_tokens:  # the step for a token nobody asks for is skipped
-            scores, layers = step(next_id, layers)
+    with one_thread():
+        logits, state = model(torch.tensor([context], device=banned.device))
+        scores, step = logits[0, -1], Stepper(model)
+        layers = step.split(state)
+        for i in range(max_tokens):
+            next_id = pick_token(scores + banned, temperature, top_k, generator)
+            yield next_id
+            if i + 1 < max_tokens:  # the step for a token nobody asks for is skipped
+                scores, layers = step(next_id, layers)
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """One intra-op thread while generating.
+
+    At batch 1 each step is a few matrix-vector products of ~1 ms in all;
+    splitting them over threads costs more in synchronisation than it saves,
+    and far more when other processes share the cores (measured on a busy
+    2-core machine: 2.4x slower with 2 threads). Restored afterwards.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # ----------------------------------------------------------------------------
@@ -383,9 +402,11 @@ class LanguageModelTask(Task):
         return self.vocab.eos_id
 
     def banned(self) -> Tensor:
-        """Added to the scores: -inf for padding and <bos>, which are never the next token."""
+        """Added to the scores: -inf for tokens that are never the next one in
+        training (padding, <bos>, and <eos> in a char stream, which has the newline)."""
+        never = [self.vocab.pad_id, self.vocab.bos_id] + ([self.vocab.eos_id] if self.kind == "char" else [])
         bias = torch.zeros(len(self.vocab), device=self.device)
-        bias[[self.vocab.pad_id, self.vocab.bos_id]] = -math.inf
+        bias[never] = -math.inf
         return bias
 
     def piece(self, token_id: int, line_start: bool) -> str:
@@ -394,7 +415,7 @@ class LanguageModelTask(Task):
         if token_id == self.vocab.eos_id:
             return "\n"
         if self.kind == "char":
-            return token
+            return "\ufffd" if token_id == self.vocab.unk_id else token  # one character stays one character
         if self.kind == "word":
             return token if line_start else " " + token
         text = token.replace("\u2581", " ")  # sentencepiece marks a space with '▁'

@@ -236,11 +236,6 @@ def test_padding_column_is_restored_before_each_call():
     close(ours.state[1], c)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: forward() restores the LSTM padding column in place, which bumps the weight's "
-    "version counter and breaks backward through any earlier forward of the same encoder",
-)
 def test_two_forwards_then_one_backward():
     """Encoding two batches with one encoder before a single backward (siamese / pair tasks)."""
     enc = make_encoder("lstm", 1, True)
@@ -365,11 +360,6 @@ def test_reverse_within_length_example():
     assert got.tolist() == [[3, 2, 1, 0], [5, 4, 0, 0], [9, 8, 7, 6]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: padding is zeroed with x * mask, so non-finite padding (e.g. -inf from the log-mel "
-    "of zero-padded audio) becomes NaN and reaches padded outputs and the LSTM cell state",
-)
 @pytest.mark.parametrize("pad", [float("-inf"), float("nan")])
 def test_non_finite_padding_is_ignored(pad):
     enc, ref = encoder_and_reference("lstm", 1, True)

@@ -100,6 +100,25 @@ def test_cli_rejects_negative_temperature(hello_run, capsys):
     assert "temperature" in capsys.readouterr().err
 
 
+def test_evaluate_json_reports_loss_perplexity_and_bpc(hello_run, capsys):
+    import json
+
+    assert nlptk("evaluate", str(hello_run), "--json") == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert set(metrics) == {"loss", "perplexity", "bpc"} and metrics["loss"] < 0.1
+
+
+def test_without_a_validation_file_the_split_is_by_position(tmp_path):
+    from nlptoolkit.data.sources import load_splits
+
+    path = tmp_path / "train.txt"
+    path.write_text("".join(f"line {i}\n" for i in range(20)), encoding="utf-8")
+    recipe = lm_recipe(files={"train": str(path)})
+    task = make_task(recipe, None)
+    splits = load_splits(recipe.data, recipe.seed, task.shuffle_split)
+    assert splits["validation"]["text"] == ["line 18\n", "line 19\n"]  # the end of the text, not random lines
+
+
 def test_generate_on_a_sentiment_run_is_a_clear_error(tmp_path, capsys):
     data = tmp_path / "train.jsonl"
     data.write_text('{"text": "good film", "label": "positive"}\n{"text": "bad film", "label": "negative"}\n', encoding="utf-8")
@@ -135,6 +154,16 @@ def test_word_stream_has_one_eos_per_line():
     ids = task.encode(rows("a b\nc\nb"), "validation")  # an unfinished last line is a line too
     assert task.vocab.decode(ids.tolist()) == ["a", "b", "<eos>", "c", "<eos>", "b", "<eos>"]
     assert task.prompt_ids("a b") == [task.vocab.eos_id] + task.vocab.encode(["a", "b"])  # a prompt's line stays open
+
+
+def test_word_generation_joins_words_with_spaces_and_ends_lines_at_eos():
+    task, _ = lm_task("a b\nc\n", tokenizer="word")
+    a, b, c, eos = task.vocab.encode(["a", "b", "c", "<eos>"])
+    pieces, line_start = [], False
+    for token_id in (a, eos, b, c):
+        pieces.append(task.piece(token_id, line_start))
+        line_start = pieces[-1].endswith("\n")
+    assert "".join(pieces) == " a\nb c"
 
 
 def test_sentencepiece_stream_and_generated_text():
@@ -248,8 +277,8 @@ def test_generation_costs_one_step_per_token(monkeypatch):
     model.encoder.register_forward_hook(lambda module, args, out: reads.append(args[0].shape[1]))
     real_step = Stepper.__call__
     monkeypatch.setattr(Stepper, "__call__", lambda self, *a: steps.append(1) or real_step(self, *a))
-    text = "".join(task.generate(model, "the c", 50, 0.8, None))
-    assert len(text) == len("the c") + 50
+    pieces = list(task.generate(model, "the c", 50, 0.8, None))
+    assert pieces[0] == "the c" and len(pieces) == 1 + 50
     assert reads == [len(task.prompt_ids("the c"))]  # the prompt is read once ...
     assert len(steps) == 49  # ... then one step per new token (none after the last)
 

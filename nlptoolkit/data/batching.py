@@ -24,7 +24,8 @@ class BucketSampler(torch.utils.data.Sampler):
     shuffled again. Randomness is kept; padding nearly vanishes. With
     ``bucket=False`` it is a plain shuffled sampler (the lecture's recipe).
     The order depends only on (seed, epoch), so a resumed run can skip ahead.
-    With ``num_replicas > 1`` each process takes every n-th batch.
+    With ``num_replicas > 1`` (distributed training) ``batch_size`` is the
+    global batch and each process takes its share of every batch.
     """
 
     def __init__(
@@ -62,16 +63,18 @@ class BucketSampler(torch.utils.data.Sampler):
         if self.shuffle:
             batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
         if self.num_replicas > 1:
-            usable = len(batches) - len(batches) % self.num_replicas  # every process takes the same number of steps
-            batches = batches[self.rank : usable : self.num_replicas]
+            # Each process takes an equal share of every global batch, so N processes
+            # with DDP's averaged gradients take the same steps as one process would.
+            batches = [b[self.rank :: self.num_replicas] for b in batches if len(b) % self.num_replicas == 0]
         return batches
 
     def __iter__(self) -> Iterator[List[int]]:
         return iter(self.batches())
 
     def __len__(self) -> int:
-        n = -(-len(self.lengths) // self.batch_size)
-        return n // self.num_replicas if self.num_replicas > 1 else n
+        if self.num_replicas > 1:
+            return len(self.batches())
+        return -(-len(self.lengths) // self.batch_size)
 
     def padding_fraction(self) -> float:
         """Share of padded tokens in this epoch's batches."""

@@ -6,6 +6,8 @@ given, a seeded one is carved from train.
 """
 from __future__ import annotations
 
+import codecs
+import json
 import logging
 import os
 from pathlib import Path
@@ -27,6 +29,9 @@ def _quiet_datasets() -> Any:
 
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and text.startswith("An error occurred while generating the dataset"):
+        text = " ".join(str(cause).split()) or type(cause).__name__  # datasets hides the real reason here
     return (text[:300] + "...") if len(text) > 300 else text
 
 
@@ -56,6 +61,9 @@ def load_files(files: Dict[str, str], fmt: Optional[str] = None, key: str = "dat
         if _blank(Path(path)):  # datasets fails on these with an empty StopIteration
             raise NlptkError(f"{key}.{split}: {path} is empty (no examples); give a file with at least one row")
     fmt = infer_format(files, fmt)
+    if fmt == "json":
+        for split, path in files.items():
+            check_json_lines(Path(path), f"{key}.{split}")
     kwargs: Dict[str, Any] = {"keep_linebreaks": True} if fmt == "text" else {}
     try:
         loaded = datasets.load_dataset(fmt, data_files={k: str(v) for k, v in files.items()}, **kwargs)
@@ -66,6 +74,52 @@ def load_files(files: Dict[str, str], fmt: Optional[str] = None, key: str = "dat
         if len(loaded[split]) == 0:
             raise NlptkError(f"{key}.{split}: {path} holds no examples; give a file with at least one row")
     return loaded
+
+
+def check_json_lines(path: Path, key: str) -> None:
+    """Check a JSON Lines file line by line before pyarrow parses it.
+
+    Each non-blank line must be a JSON object. This names the bad line, and
+    it keeps away input that crashes pyarrow's reader outright (a first line of
+    ``null`` ends the process with a segmentation fault). A file holding one JSON
+    array, or one pretty-printed object, is left to ``datasets`` as before.
+    """
+    with open(path, "rb") as f:
+        start = f.read(4096).lstrip(codecs.BOM_UTF8).lstrip()
+        if start.startswith(b"["):
+            return
+        f.seek(0)
+        for number, raw in enumerate(f, 1):
+            if number == 1:
+                raw = raw[len(codecs.BOM_UTF8):] if raw.startswith(codecs.BOM_UTF8) else raw
+            if not raw.strip():
+                continue
+            where = f"{key}: {path}, line {number}"
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise NlptkError(f"{where}: not UTF-8 text (byte {exc.start} of the line); save the file as UTF-8 or fix the line") from None
+            try:
+                row = json.loads(text)
+            except (ValueError, RecursionError) as exc:
+                if number == 1 and start.startswith(b"{") and _one_json_document(path):
+                    return
+                reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+                raise NlptkError(f"{where}: not valid JSON ({reason}); each line must be one JSON object such as {{\"text\": \"...\"}}") from None
+            if not isinstance(row, dict):
+                raise NlptkError(
+                    f"{where}: expected a JSON object such as {{\"text\": \"...\"}}, got {type(row).__name__ if row is not None else 'null'}; "
+                    "each line of a .jsonl file is one row"
+                )
+
+
+def _one_json_document(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            json.loads(f.read().decode("utf-8-sig"))
+        return True
+    except (ValueError, RecursionError):
+        return False
 
 
 def load_splits(config: Any, seed: int, shuffle_split: bool = True) -> Any:
