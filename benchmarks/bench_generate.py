@@ -65,12 +65,35 @@ def time_once(task: Any, model: Any, length: int) -> float:
     return seconds
 
 
-def time_lengths(task: Any, model: Any, lengths: List[int], repeats: int) -> Dict[int, List[float]]:
-    """Repeats interleave the lengths, so a change in machine load hits all of them alike."""
-    seconds: Dict[int, List[float]] = {n: [] for n in lengths}
+def matvec_floor(model: Any, steps: int = 1000) -> float:
+    """Steps per second of one step's matrix-vector products alone, on one thread.
+
+    No cell arithmetic, no sampling, no Python: the machine's ceiling for
+    this model right now. On shared cores it moves with the load, so it is
+    measured between the timed runs, and generation is reported against it.
+    """
+    mats = [p.detach() for name, p in model.named_parameters() if p.dim() == 2 and "embedding" not in name]
+    vecs = [torch.randn(m.shape[1]) for m in mats]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        start = time.perf_counter()
+        for _ in range(steps):
+            for m, v in zip(mats, vecs):
+                m @ v
+        return steps / (time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(before)
+
+
+def time_lengths(task: Any, model: Any, lengths: List[int], repeats: int) -> Dict[Any, List[float]]:
+    """Repeats interleave the lengths (and the floor), so a change in machine load hits all alike."""
+    seconds: Dict[Any, List[float]] = {n: [] for n in lengths}
+    seconds["floor"] = []
     for _ in range(repeats):
         for n in lengths:
             seconds[n].append(time_once(task, model, n))
+        seconds["floor"].append(matvec_floor(model))
     return seconds
 
 
@@ -92,6 +115,7 @@ def main() -> None:
         task, model = random_char_model(args.recipe)
     time_once(task, model, 200)  # warm-up
     timings = time_lengths(task, model, args.lengths, args.repeats)
+    floor = statistics.median(timings.pop("floor"))
 
     rows: List[Dict[str, Any]] = []
     for length, seconds in timings.items():
@@ -111,6 +135,7 @@ def main() -> None:
         "time_ratio": ratio,
         "length_ratio": expected,
         "min_chars_per_second": min(r["chars_per_second"] for r in rows),
+        "matvec_floor_steps_per_second": floor,
         "target_chars_per_second": TARGET_CHARS_PER_SECOND,
     }
     if args.json:
@@ -123,6 +148,7 @@ def main() -> None:
     print("|---|---|---|")
     for r in rows:
         print(f"| {r['chars']:,} | {r['median_seconds']:.3f} | {r['chars_per_second']:,.0f} |")
+    print(f"| matrix-vector products alone (ceiling) | {1 / floor * 1000:.3f} per 1,000 | {floor:,.0f} |")
     print(f"\ntime ratio {rows[-1]['chars']:,} / {rows[0]['chars']:,} chars: {ratio:.2f} (linear: {expected:.0f}); "
           f"target >= {TARGET_CHARS_PER_SECOND:,} chars/s: {'met' if result['min_chars_per_second'] >= TARGET_CHARS_PER_SECOND else 'NOT met'}")
 

@@ -228,9 +228,14 @@ class Trainer:
             raise NlptkError(f"train.batch_size: {cfg.batch_size} leaves no training batch for {self.world_size} process(es); lower it or add data")
         self.steps_per_epoch = steps_per_epoch
         total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
+        resumed_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.scheduler = self._build_scheduler(total_steps)
         if getattr(self, "_pending_scheduler", None) and self.scheduler is not None:
             self.scheduler.load_state_dict(self._pending_scheduler)
+            # building a LambdaLR steps it once (lr = base * factor(0)); put back the lr the
+            # interrupted run was using, or the first resumed step trains with the wrong one
+            for group, lr in zip(self.optimizer.param_groups, resumed_lrs):
+                group["lr"] = lr
 
         previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         in_main_thread = _in_main_thread()

@@ -189,6 +189,7 @@ def sample_ids(
     The context is read once, in one call; after that each new token is a
     single step from the carried state, so n tokens cost n steps, not n^2/2.
     ``banned`` is added to the scores (-inf for tokens that are never output).
+    Torch runs on one thread while this generator is being iterated.
     """
     with one_thread():
         logits, state = model(torch.tensor([context], device=banned.device))
@@ -402,9 +403,12 @@ class LanguageModelTask(Task):
         return self.vocab.eos_id
 
     def banned(self) -> Tensor:
-        """Added to the scores: -inf for tokens that are never the next one in
-        training (padding, <bos>, and <eos> in a char stream, which has the newline)."""
-        never = [self.vocab.pad_id, self.vocab.bos_id] + ([self.vocab.eos_id] if self.kind == "char" else [])
+        """Added to the scores: -inf for tokens never to output: padding and
+        <bos>; in a char model also <eos> (the newline ends lines) and <unk>
+        (an unknown character has no text to print)."""
+        never = [self.vocab.pad_id, self.vocab.bos_id]
+        if self.kind == "char":
+            never += [self.vocab.eos_id, self.vocab.unk_id]
         bias = torch.zeros(len(self.vocab), device=self.device)
         bias[never] = -math.inf
         return bias
@@ -415,7 +419,7 @@ class LanguageModelTask(Task):
         if token_id == self.vocab.eos_id:
             return "\n"
         if self.kind == "char":
-            return "\ufffd" if token_id == self.vocab.unk_id else token  # one character stays one character
+            return token
         if self.kind == "word":
             return token if line_start else " " + token
         text = token.replace("\u2581", " ")  # sentencepiece marks a space with '▁'
