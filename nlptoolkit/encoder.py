@@ -210,6 +210,40 @@ class RNNEncoder(nn.Module):
         final = torch.cat(list(top), dim=-1)
         return EncoderOutput(outputs=outputs, final=final, state=new_state)
 
+    def step(self, inputs: Tensor, state: Optional[State] = None) -> Tuple[Tensor, State]:
+        """Advance one time step: the building block of generation and decoding.
+
+        inputs: (B,) token ids or (B, F) vectors; state as in ``forward``.
+        Returns the (B, H) top-layer output and the new state. The arithmetic
+        is that of ``forward`` on a length-1 sequence, done with the
+        single-step cell kernels: a full ``nn.LSTM`` call has fixed costs that
+        dwarf one step's work at batch 1. Unidirectional encoders only: a
+        backward direction would need the future.
+        """
+        if self.num_directions != 1:
+            raise ValueError("step() needs a unidirectional encoder; a backward direction reads the future")
+        x = self.embedding(inputs) if self.embedding is not None else inputs
+        if state is None:
+            state = self.initial_state(x.shape[0], x.device)
+        h0, c0 = self._split_state(state)
+        hs: List[Tensor] = []
+        cs: List[Tensor] = []
+        for k, (rnn,) in enumerate(self.layers):
+            x = self.dropout(x)
+            weights = (rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
+            if self.cell == "lstm":
+                real = torch.cat([x, x.new_zeros(x.shape[0], 1)], dim=-1)  # padding indicator 0: a real token
+                h, c = torch.lstm_cell(real, (h0[k], c0[k]), *weights)
+                cs.append(c)
+            elif self.cell == "gru":
+                h = torch.gru_cell(x, h0[k], *weights)
+            else:
+                h = torch.rnn_tanh_cell(x, h0[k], *weights)
+            hs.append(h)
+            x = h
+        h_n = torch.stack(hs)
+        return x, ((h_n, torch.stack(cs)) if self.cell == "lstm" else h_n)
+
     def _split_state(self, state: Optional[State]) -> Tuple[Optional[Tensor], Optional[Tensor]]:
         if state is None:
             return None, None

@@ -137,48 +137,6 @@ def pick_token(logits: Tensor, temperature: float, top_k: Optional[int], generat
     return int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
 
 
-class Stepper:
-    """The model as single-step cells: one token in, next-token scores out.
-
-    ``nn.LSTM`` (and the encoder around it) pays fixed costs per call, such
-    as oneDNN weight reordering and the padding bookkeeping, that dwarf the
-    arithmetic of one step at batch 1. ``nn.LSTMCell`` (or GRU/RNN cells)
-    holding the same weights does just the step. Eval mode: no dropout.
-    """
-
-    CELLS = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}
-
-    def __init__(self, model: LanguageModel) -> None:
-        encoder = model.encoder
-        self.embedding, self.decoder, self.is_lstm = encoder.embedding, model.decoder, encoder.cell == "lstm"
-        self.cells = []
-        for (rnn,) in encoder.layers:  # unidirectional: one module per layer
-            w_ih = rnn.weight_ih_l0[:, :-1] if self.is_lstm else rnn.weight_ih_l0  # drop the padding-indicator input
-            cell = self.CELLS[encoder.cell](w_ih.shape[1], encoder.hidden_size).to(w_ih.device).eval()
-            with torch.no_grad():
-                for name, value in (("weight_ih", w_ih), ("weight_hh", rnn.weight_hh_l0), ("bias_ih", rnn.bias_ih_l0), ("bias_hh", rnn.bias_hh_l0)):
-                    getattr(cell, name).copy_(value)
-            self.cells.append(cell)
-
-    def split(self, state: State) -> List[Any]:
-        """The encoder's (L, 1, H) state as one entry per layer, in each cell's layout."""
-        if self.is_lstm:
-            h, c = state
-            return [(h[k], c[k]) for k in range(len(self.cells))]
-        return [state[k] for k in range(len(self.cells))]
-
-    @torch.no_grad()
-    def __call__(self, token_id: int, layers: List[Any]) -> Tuple[Tensor, List[Any]]:
-        """Scores (V,) for the token after ``token_id``, and the new per-layer state."""
-        x = self.embedding(torch.tensor([token_id], device=self.decoder.weight.device))
-        new = []
-        for cell, state in zip(self.cells, layers):
-            state = cell(x, state)
-            x = state[0] if self.is_lstm else state
-            new.append(state)
-        return self.decoder(x)[0], new
-
-
 @torch.no_grad()
 def sample_ids(
     model: LanguageModel, context: List[int], max_tokens: int, temperature: float, top_k: Optional[int],
@@ -193,13 +151,13 @@ def sample_ids(
     """
     with one_thread():
         logits, state = model(torch.tensor([context], device=banned.device))
-        scores, step = logits[0, -1], Stepper(model)
-        layers = step.split(state)
+        scores = logits[0, -1]
         for i in range(max_tokens):
             next_id = pick_token(scores + banned, temperature, top_k, generator)
             yield next_id
             if i + 1 < max_tokens:  # the step for a token nobody asks for is skipped
-                scores, layers = step(next_id, layers)
+                output, state = model.encoder.step(torch.tensor([next_id], device=banned.device), state)
+                scores = model.decoder(output)[0]
 
 
 @contextmanager

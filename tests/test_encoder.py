@@ -371,3 +371,26 @@ def test_non_finite_padding_is_ignored(pad):
     close(ours.outputs, out)
     close(ours.state[0], h)
     close(ours.state[1], c)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_step_by_step_equals_whole_sequence(cell, layers):
+    """step() is forward() one token at a time: the decoder's building block."""
+    torch.manual_seed(3)
+    enc = RNNEncoder(cell, 7, layers, False, vocab_size=11, embedding_dim=5).eval()
+    tokens = torch.randint(1, 11, (3, 6))
+    whole = enc(tokens)
+    state = None
+    with torch.no_grad():
+        for t in range(tokens.shape[1]):
+            out, state = enc.step(tokens[:, t], state)
+            torch.testing.assert_close(out, whole.outputs[:, t], atol=1e-5, rtol=0)
+    for got, want in zip(state if cell == "lstm" else (state,), whole.state if cell == "lstm" else (whole.state,)):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_step_refuses_bidirectional():
+    enc = RNNEncoder("gru", 4, 1, True, input_size=3)
+    with pytest.raises(ValueError, match="unidirectional"):
+        enc.step(torch.zeros(2, 3))
