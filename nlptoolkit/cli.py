@@ -24,7 +24,10 @@ _DEBUG = False
 
 
 def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
+    # one line, always: a newline or control character inside a recipe key or a data
+    # value that the message quotes is shown escaped (\n, \x1b, \u2028)
+    shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in message)
+    click.echo(f"error: {shown}", err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -83,13 +83,16 @@ def train(
     splits = load_splits(recipe.data, recipe.seed, task.shuffle_split)
     task.sources = describe_sources(recipe)
     if payload is not None:
-        task.load_state_dict(payload["task_state"])
+        try:
+            task.load_state_dict(payload["task_state"])
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise NlptkError(f"--resume {run_dir}: last.pt is damaged: its task state does not load ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})") from None
     else:
         task.setup(splits["train"])
     train_examples = task.encode(splits["train"], "train")
     validation = task.encode(splits["validation"], "validation")
     model = task.build_model().to(task.device)
-    if proc.is_main:  # on resume too: --override may have changed it
+    if payload is None and proc.is_main:
         atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
     parallel = None
     if proc.world_size > 1:
@@ -97,7 +100,15 @@ def train(
         parallel = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     trainer = Trainer(task, model, run_dir, quiet=quiet, rank=proc.rank, world_size=proc.world_size, parallel_model=parallel)
     if payload is not None:
-        trainer.restore(payload)
+        try:
+            trainer.restore(payload)
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            raise NlptkError(
+                f"--resume {run_dir}: last.pt does not fit the model and optimizer this recipe builds "
+                f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]}); an --override may have changed their shape"
+            ) from None
+        if proc.is_main:  # --override may have changed it; the folder describes what is trained
+            atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
     summary = trainer.fit(train_examples, validation)
     if proc.is_main:
         from nlptoolkit.plots import plot_curves

@@ -19,7 +19,8 @@ def test_two_processes_match_one_process(tmp_path, tiny_sentiment, run_cli):
     two = load_checkpoint(tmp_path / "two" / "last.pt")
     assert one["train_state"]["step"] == two["train_state"]["step"] == 10
     for name, weight in one["model"].items():
-        assert torch.allclose(weight, two["model"][name], atol=1e-5), name
+        # Adam divides by sqrt(v): float sums in another order move weights by ~1e-5.
+        assert torch.allclose(weight, two["model"][name], atol=1e-4), name
     import json
 
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["processes"] == 2

@@ -17,7 +17,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import REPO, make_tiny_sentiment, one_line_error
 from nlptoolkit.checkpoint import load_checkpoint
@@ -227,3 +226,13 @@ def test_external_sigterm_mid_training(tmp_path, cli):
     assert code == 0, err
     assert metric_records(run) == metric_records(tmp_path / "straight"), f"interrupted at step {step}"
     assert max_abs_diff(weights(run / "last.pt"), weights(tmp_path / "straight" / "last.pt")) == 0.0
+
+
+def test_override_that_changes_the_model_shape_is_one_line(tmp_path, cli, monkeypatch):
+    tiny = resume_recipe(tmp_path / "data")
+    run = tmp_path / "run"
+    monkeypatch.setenv("NLPTK_TEST_SIGNAL_AT_STEP", "2")
+    assert cli(["run", tiny.recipe, "--output-dir", run, "--quiet"])[0] == 143
+    monkeypatch.delenv("NLPTK_TEST_SIGNAL_AT_STEP")
+    msg = one_line_error(*cli(["run", tiny.recipe, "--resume", run, "--set", "encoder.hidden_size=8", "--override", "encoder.hidden_size"]))
+    assert "last.pt does not fit the model" in msg, msg

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -99,6 +98,7 @@ def run_copy(trained_run, tmp_path):
     return folder
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("kind", ["torch-zip", "pickle"])
 @pytest.mark.parametrize(
     "name, command",
@@ -181,6 +181,15 @@ def test_tampered_recipe_in_run_folder_is_rejected(run_copy, cli, tmp_path):
 # --------------------------------------------------------------------------
 # non-finite loss
 # --------------------------------------------------------------------------
+def training_error(code: int, out: str, err: str) -> str:
+    """Training may log evaluations first; the failure is then one `error:` line, the last."""
+    assert code == 2, f"exit code {code}\n{out}\n{err}"
+    assert "Traceback" not in err and "Traceback" not in out, err
+    lines = err.strip("\n").split("\n")
+    assert [line for line in lines if line.startswith("error: ")] == [lines[-1]], err
+    return lines[-1]
+
+
 BAD_LOSS_PLUGIN = '''
 import torch
 from nlptoolkit import register_task
@@ -207,7 +216,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(cli, tiny_sentimen
     recipe = tmp_path / "bad.yaml"
     recipe.write_text(tiny_sentiment.text.replace("name: sentiment", "name: bad_loss_sentiment").replace("name: tiny", f"name: tiny\nplugins: [{plugin}]"))
     run = tmp_path / "run"
-    msg = one_line_error(*cli(["run", recipe, "--output-dir", run, "--quiet"]))
+    msg = training_error(*cli(["run", recipe, "--output-dir", run, "--quiet"]))
     assert f"training loss became {value} at step 5 (epoch 1)" in msg, msg
     assert "lower train.lr (now 0.05)" in msg and "train.grad_clip" in msg, msg
     assert f"the last good checkpoint {run / 'last.pt'} (step 3) is kept" in msg, msg
@@ -231,7 +240,7 @@ def test_huge_lr_is_caught_by_the_finite_check(cli, tiny_sentiment, tmp_path):
     run = tmp_path / "run"
     code, out, err = cli(["run", tiny_sentiment.recipe, "--output-dir", run, "--quiet", "--set", "train.lr=1000", "--set", "train.grad_clip=null"])
     if code != 0:
-        msg = one_line_error(code, out, err)
+        msg = training_error(code, out, err)
         assert "lower train.lr (now 1000.0)" in msg, msg
     if (run / "last.pt").exists():
         assert all(torch.isfinite(t).all() for t in load_checkpoint(run / "last.pt")["model"].values())
