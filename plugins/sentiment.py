@@ -7,7 +7,7 @@ summary to class scores. This file is also the worked example of the Task API.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Literal, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -28,17 +28,35 @@ class SentimentOptions:
     text_field: str = "text"
     label_field: str = "label"
     dropout: float = 0.5  # on the text summary, before the classifier
+    pooling: Literal["final", "max", "mean"] = "final"  # how the encoder's outputs become one summary
 
 
 class SentimentModel(nn.Module):
-    def __init__(self, encoder: RNNEncoder, num_labels: int, dropout: float) -> None:
+    """Encoder, a summary of the text, dropout, linear.
+
+    The summary is the final state (``final``: forward at the last token,
+    backward at the first) or a max / mean over the outputs at every real
+    token. Max pooling lets any one phrase ("a gorgeous, witty movie") decide,
+    and usually generalises better on short texts.
+    """
+
+    def __init__(self, encoder: RNNEncoder, num_labels: int, dropout: float, pooling: str = "final") -> None:
         super().__init__()
         self.encoder = encoder
+        self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
         self.classify = nn.Linear(encoder.output_size, num_labels)
 
     def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
-        summary = self.encoder(tokens, lengths).final
+        encoded = self.encoder(tokens, lengths)
+        if self.pooling == "final":
+            summary = encoded.final
+        else:
+            real = (torch.arange(tokens.shape[1], device=tokens.device) < lengths.to(tokens.device).unsqueeze(1)).unsqueeze(-1)
+            if self.pooling == "max":
+                summary = encoded.outputs.masked_fill(~real, float("-inf")).max(dim=1).values
+            else:
+                summary = encoded.outputs.sum(dim=1) / real.sum(dim=1)
         return self.classify(self.dropout(summary))
 
 
@@ -106,7 +124,7 @@ class SentimentTask(Task):
     # -- model ----------------------------------------------------------------
     def build_model(self) -> nn.Module:
         encoder = RNNEncoder.from_config(self.recipe.encoder, vocab_size=len(self.vocab))
-        return SentimentModel(encoder, len(self.labels), self.options.dropout)
+        return SentimentModel(encoder, len(self.labels), self.options.dropout, self.options.pooling)
 
     def training_step(self, model: nn.Module, batch: Dict[str, Tensor]) -> Tensor:
         return F.cross_entropy(model(batch["tokens"], batch["lengths"]), batch["labels"])
