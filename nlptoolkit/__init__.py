@@ -5,7 +5,7 @@ The public API for plugin authors is what this module exports: subclass
 :class:`RNNEncoder`, and use the data helpers for tokens, vocabularies and
 batches. Plugins import nothing else from nlptoolkit.
 """
-from nlptoolkit.data import BucketSampler, Tokenizer, Vocabulary, build_tokenizer, column, load_tokenizer, pad_batch
+from nlptoolkit.data import BucketSampler, Tokenizer, Vocabulary, build_tokenizer, column, iter_column, load_tokenizer, pad_batch
 from nlptoolkit.encoder import EncoderOutput, RNNEncoder
 from nlptoolkit.errors import NlptkError
 from nlptoolkit.metrics import accuracy, classification_metrics, macro_f1
@@ -15,6 +15,6 @@ from nlptoolkit.task import Task
 __version__ = "0.1.0"
 __all__ = [
     "Task", "register_task", "RNNEncoder", "EncoderOutput", "NlptkError",
-    "Vocabulary", "Tokenizer", "build_tokenizer", "load_tokenizer", "column", "pad_batch", "BucketSampler",
+    "Vocabulary", "Tokenizer", "build_tokenizer", "load_tokenizer", "column", "iter_column", "pad_batch", "BucketSampler",
     "accuracy", "macro_f1", "classification_metrics", "__version__",
 ]

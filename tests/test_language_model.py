@@ -213,7 +213,7 @@ def test_corpus_shorter_than_one_chunk_names_the_sizes():
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_evaluating_in_chunks_with_carried_state_equals_one_pass(cell):
     task, model = lm_task(task={"bptt": 3, "eval_streams": 1}, encoder={"cell": cell})
-    stream = task.encode(rows(TEXT), "validation")
+    stream = task.encode(rows(TEXT), "validation").long()  # encode keeps ids compact (int32)
     chunked = task.evaluate(model, stream)["loss"]
     with torch.no_grad():
         logits, _ = model(stream[None, :-1])

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 from nlptoolkit.errors import NlptkError
 
@@ -160,11 +160,24 @@ def load_splits(config: Any, seed: int, shuffle_split: bool = True) -> Any:
     return loaded
 
 
-def column(dataset: Any, field: str, split: str, key: str) -> List[Any]:
-    """Read one column, with an error that names the missing field and the fix."""
+def check_field(dataset: Any, field: str, split: str, key: str) -> None:
+    """An error that names the missing field, the fields there are, and the recipe key to fix."""
     if field not in dataset.column_names:
         raise NlptkError(
             f"{key}: the {split} data has no field '{field}' (fields: {', '.join(dataset.column_names)}); "
             f"set `{key}` to the name of the field to use"
         )
+
+
+def column(dataset: Any, field: str, split: str, key: str) -> List[Any]:
+    """One column as a list (fine for sentence-sized data sets)."""
+    check_field(dataset, field, split, key)
     return dataset[field]
+
+
+def iter_column(dataset: Any, field: str, split: str, key: str, batch_size: int = 10_000) -> Iterator[Any]:
+    """One column, row by row, read in batches from the memory-mapped Arrow
+    table: a large corpus is never held in memory as Python strings."""
+    check_field(dataset, field, split, key)
+    for batch in dataset.select_columns([field]).iter(batch_size=batch_size):
+        yield from batch[field]

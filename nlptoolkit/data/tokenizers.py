@@ -93,6 +93,8 @@ class SentencePieceTokenizer(Tokenizer):
                 remove_extra_whitespaces=False,
                 minloglevel=2,
                 num_threads=1,  # deterministic
+                input_sentence_size=2_000_000,  # bounds memory on large corpora (a seeded sample)
+                shuffle_input_sentence=True,
             )
         except RuntimeError as exc:
             raise NlptkError(f"data.tokenizer: sentencepiece training failed: {' '.join(str(exc).split())}; try a smaller vocab_size") from None
