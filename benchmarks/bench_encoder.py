@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -37,6 +36,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import environment  # noqa: E402
 from nlptoolkit.encoder import RNNEncoder  # noqa: E402
 
 HIDDEN, INPUT, BATCH, MAX_LEN = 256, 128, 64, 100
@@ -170,12 +170,6 @@ def bench_device(device: torch.device, repeats: int) -> List[Dict]:
     return rows
 
 
-def machine() -> str:
-    u = platform.uname()
-    cpu = platform.processor() or u.machine
-    return f"{u.system} {u.release} {u.machine} ({cpu}), {os.cpu_count()} CPUs"
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print only one JSON object")
@@ -189,7 +183,7 @@ def main(argv=None) -> None:
     if torch.cuda.is_available() and not any(d.type == "cuda" for d in devices):
         devices.append(torch.device("cuda"))
     info = {
-        "machine": machine(),
+        "machine": environment()["machine"],
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "devices": [str(d) for d in devices],

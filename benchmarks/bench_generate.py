@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import string
 import sys
@@ -28,23 +27,13 @@ from typing import Any, Dict, List
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import environment  # noqa: E402
 from nlptoolkit.recipe import load_recipe  # noqa: E402
 from nlptoolkit.runs import load_run, make_task  # noqa: E402
 
 TARGET_CHARS_PER_SECOND = 2000
 PROMPT = "ROMEO:"
 SHAKESPEARE_CHARS = "\n !$&',-.3:;?" + string.ascii_letters  # the 65 characters of tiny Shakespeare
-
-
-def machine() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def random_char_model(recipe_path: str):
@@ -124,7 +113,7 @@ def main() -> None:
     ratio = rows[-1]["median_seconds"] / rows[0]["median_seconds"]
     expected = rows[-1]["chars"] / rows[0]["chars"]
     result = {
-        "machine": machine(),
+        "machine": environment()["machine"],
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

@@ -22,7 +22,7 @@ from nlptoolkit import distributed
 from nlptoolkit.checkpoint import atomic_write_text, load_checkpoint
 from nlptoolkit.data.sources import load_splits
 from nlptoolkit.errors import NlptkError
-from nlptoolkit.recipe import Recipe, load_recipe, read_yaml, recipe_from_dict
+from nlptoolkit.recipe import Recipe, load_recipe
 from nlptoolkit.registry import registry
 from nlptoolkit.trainer import Trainer, pick_device, seed_everything
 
@@ -200,12 +200,7 @@ def load_run(run_dir: str, checkpoint: str = "best") -> Tuple[Recipe, Any, Any]:
     recipe_file = folder / "recipe.yaml"
     if not recipe_file.is_file():
         raise NlptkError(f"{recipe_file} is missing; {run_dir} is not a run folder written by `nlptk run`")
-    try:
-        text = recipe_file.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise NlptkError(f"{recipe_file}: not UTF-8 text (byte {exc.start}); the run folder is damaged") from None
-    saved, lines = read_yaml(text, str(recipe_file))
-    recipe = recipe_from_dict(saved, file=str(recipe_file), lines=lines)
+    recipe = load_recipe(str(recipe_file))
     path = folder / f"{checkpoint}.pt"
     payload = load_checkpoint(path)
     task = make_task(recipe, folder)
