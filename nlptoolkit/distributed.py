@@ -55,15 +55,6 @@ def init_from_env() -> ProcessInfo:
     return ProcessInfo(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
-def broadcast_flag(value: bool, device: torch.device) -> bool:
-    """Rank 0's decision (e.g. early stopping), shared with every process."""
-    if not dist.is_initialized():
-        return value
-    flag = torch.tensor([1 if value else 0], device=device)
-    dist.broadcast(flag, src=0)
-    return bool(flag.item())
-
-
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
