@@ -156,12 +156,18 @@ def test_torn_metrics_line_is_dropped_on_resume(setup, cli, tmp_path, monkeypatc
     assert_same_run(run, straight, tiny)
 
 
-def test_changed_recipe_is_refused_unless_overridden(tmp_path, cli, monkeypatch):
+
+def interrupted_run(tmp_path, cli, monkeypatch, step: int):
+    """A tiny run stopped by SIGTERM after ``step`` steps: (recipe, run folder)."""
     tiny = resume_recipe(tmp_path / "data")
     run = tmp_path / "run"
-    monkeypatch.setenv("NLPTK_TEST_SIGNAL_AT_STEP", "4")
+    monkeypatch.setenv("NLPTK_TEST_SIGNAL_AT_STEP", str(step))
     assert cli(["run", tiny.recipe, "--output-dir", run, "--quiet"])[0] == 143
     monkeypatch.delenv("NLPTK_TEST_SIGNAL_AT_STEP")
+    return tiny, run
+
+def test_changed_recipe_is_refused_unless_overridden(tmp_path, cli, monkeypatch):
+    tiny, run = interrupted_run(tmp_path, cli, monkeypatch, 4)
 
     changed = ["--set", "train.lr=0.01", "--set", "encoder.dropout=0.1"]
     msg = one_line_error(*cli(["run", tiny.recipe, "--resume", run, "--quiet", *changed]))
@@ -229,10 +235,6 @@ def test_external_sigterm_mid_training(tmp_path, cli):
 
 
 def test_override_that_changes_the_model_shape_is_one_line(tmp_path, cli, monkeypatch):
-    tiny = resume_recipe(tmp_path / "data")
-    run = tmp_path / "run"
-    monkeypatch.setenv("NLPTK_TEST_SIGNAL_AT_STEP", "2")
-    assert cli(["run", tiny.recipe, "--output-dir", run, "--quiet"])[0] == 143
-    monkeypatch.delenv("NLPTK_TEST_SIGNAL_AT_STEP")
+    tiny, run = interrupted_run(tmp_path, cli, monkeypatch, 2)
     msg = one_line_error(*cli(["run", tiny.recipe, "--resume", run, "--set", "encoder.hidden_size=8", "--override", "encoder.hidden_size"]))
     assert "last.pt does not fit the model" in msg, msg

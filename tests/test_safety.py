@@ -86,8 +86,9 @@ def write_evil(path: Path, target: Path, kind: str) -> None:
 def test_the_evil_checkpoint_really_is_evil(tmp_path):
     """Sanity check of the test payload: an unsafe load does run it."""
     target = tmp_path / "pwned.txt"
-    write_evil(tmp_path / "x.pt", target, "torch-zip")
-    torch.load(tmp_path / "x.pt", weights_only=False)
+    write_evil(tmp_path / "x.pt", target, "pickle")
+    with open(tmp_path / "x.pt", "rb") as f:
+        pickle.load(f)  # what an unsafe loader does with the file
     assert target.read_text() == "pwned"
 
 
