@@ -2,19 +2,21 @@
 
 The public API for plugin authors is what this module exports: subclass
 :class:`Task`, decorate it with :func:`register_task`, build the model on
-:class:`RNNEncoder`, and use the data helpers for tokens, vocabularies and
-batches. Plugins import nothing else from nlptoolkit.
+:class:`RNNEncoder` (with :class:`Stepper` to run it a token at a time when
+generating), and use the data helpers for tokens, vocabularies and batches.
+Plugins import nothing else from nlptoolkit.
 """
 from nlptoolkit.data import BucketSampler, Tokenizer, Vocabulary, build_tokenizer, column, iter_column, load_tokenizer, pad_batch
 from nlptoolkit.encoder import EncoderOutput, RNNEncoder
 from nlptoolkit.errors import NlptkError
 from nlptoolkit.metrics import accuracy, classification_metrics, macro_f1
 from nlptoolkit.registry import register_task
+from nlptoolkit.stepper import Stepper
 from nlptoolkit.task import Task
 
 __version__ = "0.1.0"
 __all__ = [
-    "Task", "register_task", "RNNEncoder", "EncoderOutput", "NlptkError",
+    "Task", "register_task", "RNNEncoder", "EncoderOutput", "Stepper", "NlptkError",
     "Vocabulary", "Tokenizer", "build_tokenizer", "load_tokenizer", "column", "iter_column", "pad_batch", "BucketSampler",
     "accuracy", "macro_f1", "classification_metrics", "__version__",
 ]

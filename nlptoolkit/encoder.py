@@ -26,10 +26,11 @@ Outputs at padded positions are zero, as after ``pad_packed_sequence``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple, Union
+from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 State = Union[Tensor, Tuple[Tensor, Tensor]]
 
@@ -69,6 +70,56 @@ def reverse_within_length(x: Tensor, lengths: Tensor) -> Tensor:
 def padding_mask(lengths: Tensor, max_len: int) -> Tensor:
     """(B, T) boolean mask, True at real tokens."""
     return torch.arange(max_len, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
+
+
+def cell_update(
+    cell: str, from_input: Tensor, from_state: Optional[Tensor], h: Tensor, c: Optional[Tensor]
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """One step of an RNN, LSTM or GRU cell, in PyTorch's gate layout.
+
+    ``from_input`` is ``W_ih x + b_ih`` and ``from_state`` is ``W_hh h + b_hh``
+    (both (B, G*H)); for an LSTM or RNN, ``from_state`` may be None when
+    ``from_input`` already holds their sum. ``h`` and ``c`` are the previous
+    states. Returns the new ``(h, c)``, with ``c`` None except for an LSTM.
+    These are the equations of the ``nn.RNN``, ``nn.LSTM`` and ``nn.GRU``
+    documentation.
+    """
+    if cell != "gru" and from_state is not None:
+        from_input = from_input + from_state
+    if cell == "lstm":
+        i, f, g, o = from_input.chunk(4, dim=-1)  # input, forget, cell, output
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+    if cell == "gru":
+        x_r, x_z, x_n = from_input.chunk(3, dim=-1)  # reset, update, new
+        h_r, h_z, h_n = from_state.chunk(3, dim=-1)
+        r = torch.sigmoid(x_r + h_r)
+        z = torch.sigmoid(x_z + h_z)
+        n = torch.tanh(x_n + r * h_n)  # the reset gate scales the state's part only
+        return (1 - z) * n + z * h, None
+    return torch.tanh(from_input), None
+
+
+GateFn = Callable[[int, Tensor, Tensor], Tuple[Tensor, Optional[Tensor]]]
+
+
+def step_layers(cell: str, num_layers: int, gates: GateFn, x: Tensor, state: State) -> Tuple[Tensor, State]:
+    """One time step up a stack of layers; ``gates(k, x, h)`` gives layer k's products for ``cell_update``.
+
+    Shared by ``RNNEncoder.step`` (the trainable weights) and ``Stepper``
+    (weights arranged for inference); they differ only in ``gates``.
+    """
+    h0, c0 = state if cell == "lstm" else (state, None)
+    hs: List[Tensor] = []
+    cs: List[Tensor] = []
+    for k in range(num_layers):
+        from_input, from_state = gates(k, x, h0[k])
+        x, c = cell_update(cell, from_input, from_state, h0[k], c0[k] if c0 is not None else None)
+        hs.append(x)
+        if c is not None:
+            cs.append(c)
+    h_n = torch.stack(hs)
+    return x, ((h_n, torch.stack(cs)) if cell == "lstm" else h_n)
 
 
 class RNNEncoder(nn.Module):
@@ -211,13 +262,15 @@ class RNNEncoder(nn.Module):
         return EncoderOutput(outputs=outputs, final=final, state=new_state)
 
     def step(self, inputs: Tensor, state: Optional[State] = None) -> Tuple[Tensor, State]:
-        """Advance one time step: the building block of generation and decoding.
+        """Advance one time step, differentiably: a decoder's building block in training.
 
         inputs: (B,) token ids or (B, F) vectors; state as in ``forward``.
         Returns the (B, H) top-layer output and the new state. The arithmetic
-        is that of ``forward`` on a length-1 sequence, done with the
-        single-step cell kernels: a full ``nn.LSTM`` call has fixed costs that
-        dwarf one step's work at batch 1. Unidirectional encoders only: a
+        is that of ``forward`` on a length-1 sequence, written out with
+        ``F.linear`` and the cell equations (``cell_update``), because at
+        batch 1 an ``nn.LSTM`` call costs more than its arithmetic. At
+        inference, build a :class:`nlptoolkit.Stepper` once instead: it
+        arranges the weights for speed. Unidirectional encoders only: a
         backward direction would need the future.
         """
         if self.num_directions != 1:
@@ -225,24 +278,17 @@ class RNNEncoder(nn.Module):
         x = self.embedding(inputs) if self.embedding is not None else inputs
         if state is None:
             state = self.initial_state(x.shape[0], x.device)
-        h0, c0 = self._split_state(state)
-        hs: List[Tensor] = []
-        cs: List[Tensor] = []
-        for k, (rnn,) in enumerate(self.layers):
-            x = self.dropout(x)
-            weights = (rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
-            if self.cell == "lstm":
-                real = torch.cat([x, x.new_zeros(x.shape[0], 1)], dim=-1)  # padding indicator 0: a real token
-                h, c = torch.lstm_cell(real, (h0[k], c0[k]), *weights)
-                cs.append(c)
-            elif self.cell == "gru":
-                h = torch.gru_cell(x, h0[k], *weights)
-            else:
-                h = torch.rnn_tanh_cell(x, h0[k], *weights)
-            hs.append(h)
-            x = h
-        h_n = torch.stack(hs)
-        return x, ((h_n, torch.stack(cs)) if self.cell == "lstm" else h_n)
+        self._split_state(state)  # a clear error for a malformed state
+
+        def gates(k: int, x: Tensor, h: Tensor) -> Tuple[Tensor, Tensor]:
+            rnn = self.layers[k][0]
+            if self.training:  # (at batch 1 even a no-op module call is a noticeable cost)
+                x = self.dropout(x)
+            # An LSTM's last input column is the padding indicator, 0 at a real token: leave it out.
+            from_input = F.linear(x, rnn.weight_ih_l0[:, : x.shape[-1]], rnn.bias_ih_l0)
+            return from_input, F.linear(h, rnn.weight_hh_l0, rnn.bias_hh_l0)
+
+        return step_layers(self.cell, self.num_layers, gates, x, state)
 
     def _split_state(self, state: Optional[State]) -> Tuple[Optional[Tensor], Optional[Tensor]]:
         if state is None:

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nlptoolkit import NlptkError, RNNEncoder, Task, Vocabulary, build_tokenizer, iter_column, load_tokenizer, register_task
+from nlptoolkit import NlptkError, RNNEncoder, Stepper, Task, Vocabulary, build_tokenizer, iter_column, load_tokenizer, register_task
 
 State = Union[Tensor, Tuple[Tensor, Tensor]]
 
@@ -139,11 +139,12 @@ def sample_ids(
     with one_thread():
         logits, state = model(torch.tensor([context], device=banned.device))
         scores = logits[0, -1]
+        step = Stepper(model.encoder)  # weights arranged once for fast single steps
         for i in range(max_tokens):
             next_id = pick_token(scores + banned, temperature, top_k, generator)
             yield next_id
             if i + 1 < max_tokens:  # the step for a token nobody asks for is skipped
-                output, state = model.encoder.step(torch.tensor([next_id], device=banned.device), state)
+                output, state = step(torch.tensor([next_id], device=banned.device), state)
                 scores = model.decoder(output)[0]
 
 

@@ -394,3 +394,45 @@ def test_step_refuses_bidirectional():
     enc = RNNEncoder("gru", 4, 1, True, input_size=3)
     with pytest.raises(ValueError, match="unidirectional"):
         enc.step(torch.zeros(2, 3))
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_cell_update_equals_torch_cell_kernels(cell):
+    """The written-out cell equations against PyTorch's own single-step kernels."""
+    from nlptoolkit.encoder import cell_update
+
+    torch.manual_seed(4)
+    gates = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
+    B, F_in, H = 3, 5, 6
+    x, h, c = torch.randn(B, F_in), torch.randn(B, H), torch.randn(B, H)
+    w_ih, w_hh = torch.randn(gates * H, F_in), torch.randn(gates * H, H)
+    b_ih, b_hh = torch.randn(gates * H), torch.randn(gates * H)
+    from_input, from_state = x @ w_ih.T + b_ih, h @ w_hh.T + b_hh
+    got_h, got_c = cell_update(cell, from_input, from_state, h, c if cell == "lstm" else None)
+    if cell != "gru":  # the two products may also come already summed (the Stepper's fused weights)
+        summed = cell_update(cell, from_input + from_state, None, h, c if cell == "lstm" else None)
+        torch.testing.assert_close(summed[0], got_h, atol=0, rtol=0)
+    if cell == "lstm":
+        want_h, want_c = torch.lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh)
+        torch.testing.assert_close(got_c, want_c, atol=1e-6, rtol=0)
+    elif cell == "gru":
+        want_h, got_c = torch.gru_cell(x, h, w_ih, w_hh, b_ih, b_hh), None
+    else:
+        want_h = torch.rnn_tanh_cell(x, h, w_ih, w_hh, b_ih, b_hh)
+    torch.testing.assert_close(got_h, want_h, atol=1e-6, rtol=0)
+    assert got_c is None or cell == "lstm"
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_step_with_dense_inputs_and_a_given_state(cell):
+    """Vector inputs (frame tagging, captioning) and a carried state, against forward()."""
+    torch.manual_seed(5)
+    enc = RNNEncoder(cell, 6, 2, False, input_size=4).eval()
+    x = torch.randn(2, 5, 4)
+    start = enc(torch.randn(2, 3, 4)).state  # some non-zero state
+    whole = enc(x, state=start)
+    state = start
+    with torch.no_grad():
+        for t in range(x.shape[1]):
+            out, state = enc.step(x[:, t], state)
+    torch.testing.assert_close(out, whole.outputs[:, -1], atol=1e-5, rtol=0)

@@ -18,7 +18,7 @@ from nlptoolkit import NlptkError, Vocabulary
 from nlptoolkit.cli import main
 from nlptoolkit.recipe import recipe_from_dict
 from nlptoolkit.runs import make_task, train
-from nlptoolkit.encoder import RNNEncoder
+from nlptoolkit.stepper import Stepper
 from plugins.language_model import pick_token, sample_ids
 
 TEXT = "the cat sat on the mat.\nthe dog sat on the log.\n" * 4
@@ -276,8 +276,8 @@ def test_generation_costs_one_step_per_token(monkeypatch):
     task, model = lm_task()
     reads, steps = [], []
     model.encoder.register_forward_hook(lambda module, args, out: reads.append(args[0].shape[1]))
-    real_step = RNNEncoder.step
-    monkeypatch.setattr(RNNEncoder, "step", lambda self, *a: steps.append(1) or real_step(self, *a))
+    real_step = Stepper.__call__
+    monkeypatch.setattr(Stepper, "__call__", lambda self, *a: steps.append(1) or real_step(self, *a))
     pieces = list(task.generate(model, "the c", 50, 0.8, None))
     assert pieces[0] == "the c" and len(pieces) == 1 + 50
     assert reads == [len(task.prompt_ids("the c"))]  # the prompt is read once ...

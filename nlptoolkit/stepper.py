@@ -1,0 +1,101 @@
+"""One token at a time, fast: the encoder frozen for generation and decoding.
+
+Generating text at batch 1 is a loop of single steps, and each step is a few
+matrix-vector products. On a CPU their cost is reading the weights (13 MB a
+step for a 2x512 LSTM), plus a fixed cost per PyTorch call that is not small
+next to them. ``RNNEncoder.step`` pays both in full, because it must stay
+differentiable while the weights change under training. At inference the
+weights are fixed, so two things can be done once, before the loop:
+
+1. **One product per layer.** ``W_ih x + W_hh h`` is ``[W_ih | W_hh] [x; h]``:
+   the two weight matrices are joined side by side and the biases added, so
+   an LSTM or RNN layer makes one call instead of two calls and an add. (A
+   GRU keeps the two products: its reset gate multiplies the state's part
+   alone.)
+2. **A table for the first layer.** With token inputs, the first layer's
+   input product depends only on the token id, so ``W_ih embedding(t) + b``
+   is computed for every token once (a vocabulary-by-gates table) and a step
+   reads one row of it instead of the whole ``W_ih``.
+
+The arithmetic is the encoder's (``cell_update``), in eval mode: no dropout,
+no gradients. Measured by ``benchmarks/bench_generate.py``.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from nlptoolkit.encoder import RNNEncoder, State, step_layers
+
+# The first layer's token table is built when it is at most this big: a
+# 10,000-word vocabulary with 256 LSTM units needs 41 MB.
+MAX_TABLE_BYTES = 64 * 2**20
+
+
+class _FrozenLayer:
+    """One layer's weights, arranged for single steps."""
+
+    def __init__(self, cell: str, w_ih: Tensor, b_ih: Tensor, w_hh: Tensor, b_hh: Tensor, table: Optional[Tensor]) -> None:
+        self.cell = cell
+        self.table = table  # (vocab, gates): W_ih x + b_ih (+ b_hh when fused) for every token x
+        self.fused = cell != "gru"
+        if self.fused:
+            self.weight = torch.cat([w_ih, w_hh], dim=1).contiguous()  # [W_ih | W_hh]
+            self.bias = b_ih + b_hh
+            self.w_hh = w_hh  # for the table path: table row + W_hh h
+        else:
+            self.w_ih, self.b_ih, self.w_hh, self.b_hh = w_ih, b_ih, w_hh, b_hh
+
+    def gates(self, x: Tensor, h: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        """(from_input, from_state) for ``cell_update``; from_state is None when fused into the first."""
+        if self.fused:
+            if self.table is not None:
+                return torch.addmm(self.table[x], h, self.w_hh.t()), None
+            return F.linear(torch.cat([x, h], dim=1), self.weight, self.bias), None
+        from_input = self.table[x] if self.table is not None else F.linear(x, self.w_ih, self.b_ih)
+        return from_input, F.linear(h, self.w_hh, self.b_hh)
+
+
+class Stepper:
+    """An :class:`RNNEncoder` frozen for fast single steps.
+
+    Build it once per generation or decoding run (``encoder.stepper()``) and
+    call it like ``encoder.step``: ``output, state = stepper(inputs, state)``.
+    It snapshots the weights, so build a new one after the weights change.
+    """
+
+    def __init__(self, encoder: RNNEncoder) -> None:
+        if encoder.num_directions != 1:
+            raise ValueError("a stepper needs a unidirectional encoder; a backward direction reads the future")
+        self.cell = encoder.cell
+        self.num_layers = encoder.num_layers
+        self.hidden_size = encoder.hidden_size
+        self.embedding: Optional[Tensor] = None
+        self.layers: List[_FrozenLayer] = []
+        with torch.no_grad():
+            for k, (rnn,) in enumerate(encoder.layers):
+                in_size = encoder.input_size if k == 0 else encoder.hidden_size
+                # An LSTM's last input column is the padding indicator, 0 at a real token: leave it out.
+                w_ih, b_ih = rnn.weight_ih_l0[:, :in_size].detach(), rnn.bias_ih_l0.detach()
+                w_hh, b_hh = rnn.weight_hh_l0.detach(), rnn.bias_hh_l0.detach()
+                table = None
+                if k == 0 and encoder.embedding is not None:
+                    vocab = encoder.embedding.weight
+                    if vocab.shape[0] * w_ih.shape[0] * vocab.element_size() <= MAX_TABLE_BYTES:
+                        table_bias = b_ih + b_hh if self.cell != "gru" else b_ih
+                        table = F.linear(vocab.detach(), w_ih, table_bias)
+                    else:
+                        self.embedding = vocab.detach()
+                self.layers.append(_FrozenLayer(self.cell, w_ih, b_ih, w_hh, b_hh, table))
+        self._initial_state = encoder.initial_state
+
+    @torch.no_grad()
+    def __call__(self, inputs: Tensor, state: Optional[State] = None) -> Tuple[Tensor, State]:
+        """inputs: (B,) token ids or (B, F) vectors. Returns the (B, H) output and the new state."""
+        x = F.embedding(inputs, self.embedding) if self.embedding is not None else inputs
+        if state is None:
+            state = self._initial_state(inputs.shape[0], inputs.device)
+        return step_layers(self.cell, len(self.layers), lambda k, x, h: self.layers[k].gates(x, h), x, state)
