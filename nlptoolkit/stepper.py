@@ -36,33 +36,39 @@ MAX_TABLE_BYTES = 64 * 2**20
 
 
 class _FrozenLayer:
-    """One layer's weights, arranged for single steps."""
+    """One layer's weights, arranged for single steps.
+
+    Matrices are stored transposed, (in, out), and used as ``x @ W``: with one
+    input row that reads the weights in memory order, about 10% faster on a
+    CPU than ``F.linear``'s ``x @ W.T`` (measured with benchmarks/
+    bench_generate.py's model).
+    """
 
     def __init__(self, cell: str, w_ih: Tensor, b_ih: Tensor, w_hh: Tensor, b_hh: Tensor, table: Optional[Tensor]) -> None:
-        self.cell = cell
         self.table = table  # (vocab, gates): W_ih x + b_ih (+ b_hh when fused) for every token x
         self.fused = cell != "gru"
-        if self.fused:
-            self.weight = torch.cat([w_ih, w_hh], dim=1).contiguous()  # [W_ih | W_hh]
+        if self.fused and table is None:
+            self.weight = torch.cat([w_ih, w_hh], dim=1).t().contiguous()  # [W_ih | W_hh], transposed
             self.bias = b_ih + b_hh
-            self.w_hh = w_hh  # for the table path: table row + W_hh h
-        else:
-            self.w_ih, self.b_ih, self.w_hh, self.b_hh = w_ih, b_ih, w_hh, b_hh
+        else:  # the state's product alone (with a table, the input's is a lookup)
+            self.w_hh, self.b_hh = w_hh.t().contiguous(), b_hh
+            if table is None:
+                self.w_ih, self.b_ih = w_ih.t().contiguous(), b_ih
 
     def gates(self, x: Tensor, h: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         """(from_input, from_state) for ``cell_update``; from_state is None when fused into the first."""
         if self.fused:
             if self.table is not None:
-                return torch.addmm(self.table[x], h, self.w_hh.t()), None
-            return F.linear(torch.cat([x, h], dim=1), self.weight, self.bias), None
-        from_input = self.table[x] if self.table is not None else F.linear(x, self.w_ih, self.b_ih)
-        return from_input, F.linear(h, self.w_hh, self.b_hh)
+                return torch.addmm(self.table[x], h, self.w_hh), None
+            return torch.addmm(self.bias, torch.cat([x, h], dim=1), self.weight), None
+        from_input = self.table[x] if self.table is not None else torch.addmm(self.b_ih, x, self.w_ih)
+        return from_input, torch.addmm(self.b_hh, h, self.w_hh)
 
 
 class Stepper:
     """An :class:`RNNEncoder` frozen for fast single steps.
 
-    Build it once per generation or decoding run (``encoder.stepper()``) and
+    Build it once per generation or decoding run (``Stepper(encoder)``) and
     call it like ``encoder.step``: ``output, state = stepper(inputs, state)``.
     It snapshots the weights, so build a new one after the weights change.
     """
@@ -92,9 +98,12 @@ class Stepper:
                 self.layers.append(_FrozenLayer(self.cell, w_ih, b_ih, w_hh, b_hh, table))
         self._initial_state = encoder.initial_state
 
-    @torch.no_grad()
     def __call__(self, inputs: Tensor, state: Optional[State] = None) -> Tuple[Tensor, State]:
-        """inputs: (B,) token ids or (B, F) vectors. Returns the (B, H) output and the new state."""
+        """inputs: (B,) token ids or (B, F) vectors. Returns the (B, H) output and the new state.
+
+        The weights are detached, so no graph is built unless the inputs or
+        state ask for gradients (a decorator's grad-mode switch costs time).
+        """
         x = F.embedding(inputs, self.embedding) if self.embedding is not None else inputs
         if state is None:
             state = self._initial_state(inputs.shape[0], inputs.device)

@@ -121,7 +121,11 @@ def pick_token(logits: Tensor, temperature: float, top_k: Optional[int], generat
     if top_k is not None and top_k < logits.numel():
         kth = logits.topk(top_k).values[-1]
         logits = logits.masked_fill(logits < kth, -math.inf)
-    return int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
+    # An exponential race: with E_i ~ Exp(1), argmax p_i / E_i is drawn with
+    # probability p_i. torch.multinomial(p, 1) computes exactly this, but its
+    # input checks cost more than the draw at one token per call.
+    probs = logits.softmax(-1)
+    return int((probs / torch.empty_like(probs).exponential_(generator=generator)).argmax())
 
 
 @torch.no_grad()

@@ -325,3 +325,26 @@ def test_tie_weights_needs_equal_sizes_and_shares_the_matrix():
         make_task(lm_recipe(task={"tie_weights": True}), None)
     _, model = lm_task(task={"tie_weights": True}, encoder={"embedding_dim": 12})
     assert model.decoder.weight is model.encoder.embedding.weight
+
+
+def test_pick_token_draws_what_torch_multinomial_draws():
+    """The exponential race is torch.multinomial's own one-sample method: same generator, same draws."""
+    torch.manual_seed(0)
+    for seed in range(200):
+        logits = torch.randn(30) * 3
+        logits[[0, 5]] = -math.inf  # banned tokens are never drawn
+        want = int(torch.multinomial((logits / 0.7).softmax(-1), 1, generator=torch.Generator().manual_seed(seed)))
+        assert pick_token(logits, 0.7, None, torch.Generator().manual_seed(seed)) == want
+
+
+def test_pick_token_frequencies_follow_the_softmax():
+    """Drawn often, each token turns up in proportion to softmax(logits / T) (and top-k keeps only k)."""
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, -math.inf])
+    generator = torch.Generator().manual_seed(1)
+    n = 20000
+    counts = torch.bincount(torch.tensor([pick_token(logits, 0.5, None, generator) for _ in range(n)]), minlength=5)
+    expected = (logits / 0.5).softmax(-1) * n
+    assert counts[4] == 0
+    assert ((counts - expected).abs() <= 4 * expected.clamp(min=1).sqrt() + 1).all(), (counts, expected)
+    top2 = torch.bincount(torch.tensor([pick_token(logits, 0.5, 2, generator) for _ in range(2000)]), minlength=5)
+    assert top2[2:].sum() == 0 and top2[0] > top2[1] > 0
