@@ -311,7 +311,8 @@ class Trainer:
     def _step(self, batch: Dict[str, Any]) -> float:
         cfg, state = self.cfg, self.state
         batch = self.task.to_device(batch)
-        loss = self.task.training_step(self.model, batch)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            loss = self.task.training_step(self.model, batch)
         value = float(loss.detach())
         if not math.isfinite(value):
             raise self._not_finite(f"training loss became {value}")
