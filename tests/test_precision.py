@@ -6,13 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from nlptoolkit.checkpoint import load_checkpoint
 from nlptoolkit.runs import train
 from plugins.language_model import LanguageModelTask
 
 TEXT = "the cat sat on the mat.\nthe dog sat on the log.\n" * 20
 
 
-def run_lm(tmp_path: Path, name: str, precision: str) -> dict:
+def lm_recipe(tmp_path: Path, name: str, precision: str) -> Path:
     (tmp_path / "train.txt").write_text(TEXT, encoding="utf-8")
     (tmp_path / "validation.txt").write_text(TEXT[:200], encoding="utf-8")
     recipe = tmp_path / f"{name}.yaml"
@@ -30,7 +31,11 @@ train: {{batch_size: 4, epochs: 8, lr: 0.01, precision: {precision}}}
 """,
         encoding="utf-8",
     )
-    train(str(recipe), output_dir=str(tmp_path / name), quiet=True)
+    return recipe
+
+
+def run_lm(tmp_path: Path, name: str, precision: str) -> dict:
+    train(str(lm_recipe(tmp_path, name, precision)), output_dir=str(tmp_path / name), quiet=True)
     return json.loads((tmp_path / name / "summary.json").read_text())["best"]["metrics"]
 
 
@@ -59,3 +64,21 @@ def test_bf16_autocasts_the_training_forward_and_learns_like_fp32(tmp_path, monk
 
 def test_bf16_runs_are_reproducible(tmp_path):
     assert run_lm(tmp_path, "first", "bf16") == run_lm(tmp_path, "second", "bf16")
+
+
+def test_bf16_run_interrupted_and_resumed_equals_one_straight_run(tmp_path, cli, monkeypatch):
+    """The carried LM state is bf16 under autocast; it goes into last.pt and comes back exactly."""
+    recipe = lm_recipe(tmp_path, "bf16", "bf16")
+    assert cli(["run", recipe, "--output-dir", tmp_path / "straight", "--quiet"])[0] == 0
+    monkeypatch.setenv("NLPTK_TEST_SIGNAL_AT_STEP", "50")  # mid-epoch (15 steps an epoch)
+    assert cli(["run", recipe, "--output-dir", tmp_path / "resumed", "--quiet"])[0] == 143
+    monkeypatch.delenv("NLPTK_TEST_SIGNAL_AT_STEP")
+    saved = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    assert saved["train_state"]["step"] == 50
+    assert cli(["run", recipe, "--resume", tmp_path / "resumed", "--quiet"])[0] == 0
+    for name in ("last.pt", "best.pt"):
+        a = load_checkpoint(tmp_path / "resumed" / name)["model"]
+        b = load_checkpoint(tmp_path / "straight" / name)["model"]
+        assert all(torch.equal(a[k], b[k]) for k in b), name
+    summaries = [json.loads((tmp_path / d / "summary.json").read_text()) for d in ("resumed", "straight")]
+    assert summaries[0]["best"] == summaries[1]["best"]
