@@ -91,6 +91,8 @@ def cell_update(
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         return torch.sigmoid(o) * torch.tanh(c), c
     if cell == "gru":
+        if from_state is None:
+            raise ValueError("a GRU needs the two products apart: its reset gate scales the state's part only")
         x_r, x_z, x_n = from_input.chunk(3, dim=-1)  # reset, update, new
         h_r, h_z, h_n = from_state.chunk(3, dim=-1)
         r = torch.sigmoid(x_r + h_r)

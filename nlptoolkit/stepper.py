@@ -80,8 +80,6 @@ class Stepper:
         if encoder.num_directions != 1:
             raise ValueError("a stepper needs a unidirectional encoder; a backward direction reads the future")
         self.cell = encoder.cell
-        self.num_layers = encoder.num_layers
-        self.hidden_size = encoder.hidden_size
         self.embedding: Optional[Tensor] = None
         self.layers: List[_FrozenLayer] = []
         with torch.no_grad():
