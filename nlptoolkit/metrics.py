@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Dict, Sequence
 
-import torch
 
 
 def accuracy(predictions: Sequence[int], targets: Sequence[int]) -> float:

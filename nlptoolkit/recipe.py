@@ -10,7 +10,6 @@ dotted key and the line:
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 from dataclasses import dataclass, field

@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Type
+from typing import Callable, Dict, Iterator, List, Optional
 
 from nlptoolkit.errors import NlptkError, did_you_mean
 

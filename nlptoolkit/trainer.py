@@ -15,9 +15,9 @@ import random
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -222,7 +222,7 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------
     def fit(self, train: Any, validation: Any) -> Dict[str, Any]:
-        cfg, state = self.cfg, self.state
+        cfg = self.cfg
         steps_per_epoch = len(self.task.batches(train, train=True, epoch=0, rank=self.rank, world_size=self.world_size))
         if steps_per_epoch == 0:
             raise NlptkError(f"train.batch_size: {cfg.batch_size} leaves no training batch for {self.world_size} process(es); lower it or add data")

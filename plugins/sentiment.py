@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nlptoolkit import (
-    NlptkError, RNNEncoder, Task, Vocabulary, build_tokenizer, classification_metrics, column,
+    RNNEncoder, Task, Vocabulary, build_tokenizer, classification_metrics, column,
     load_tokenizer, pad_batch, register_task,
 )
 

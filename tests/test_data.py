@@ -5,7 +5,6 @@ import csv
 import random
 import statistics
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import yaml
@@ -10,7 +9,7 @@ import yaml
 from conftest import REPO
 from nlptoolkit.config_schema import Locator
 from nlptoolkit.errors import NlptkError
-from nlptoolkit.recipe import Recipe, interpolate, load_recipe, read_yaml, recipe_from_dict
+from nlptoolkit.recipe import interpolate, load_recipe, read_yaml, recipe_from_dict
 
 
 def where() -> Locator:

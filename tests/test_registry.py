@@ -103,7 +103,7 @@ def test_user_plugin_is_listed_with_its_source(cli, tmp_path):
     assert "toy_length" in lines and "sentiment" in lines, out
     assert "Toy task from a user plugin file." in lines["toy_length"]
     assert lines["toy_length"].endswith(f"[plugin file {plugin}]"), lines["toy_length"]
-    assert f"entry point 'sentiment' (plugins.sentiment:SentimentTask" in lines["sentiment"]
+    assert "entry point 'sentiment' (plugins.sentiment:SentimentTask" in lines["sentiment"]
 
 
 def test_user_plugin_trains_evaluates_through_recipe(cli, tiny_sentiment, tmp_path):

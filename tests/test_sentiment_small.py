@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from conftest import make_tiny_sentiment, real_rows, write_jsonl
+from conftest import make_tiny_sentiment, real_rows
 from nlptoolkit.metrics import accuracy, classification_metrics, macro_f1
 from nlptoolkit.recipe import recipe_from_dict
 from nlptoolkit.runs import load_run
