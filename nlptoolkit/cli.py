@@ -184,7 +184,15 @@ def predict(run_dir: str, texts: Sequence[str], file: Optional[click.utils.LazyF
 @click.option("--top-k", default=None, type=click.IntRange(min=1), help="Sample only from the k most likely tokens.")
 @click.option("--seed", default=None, type=int, help="Random seed for sampling.")
 def generate(run_dir: str, prompt: str, max_tokens: int, temperature: float, top_k: Optional[int], seed: Optional[int]) -> None:
-    """Stream text from a trained language model."""
+    """Stream text from a trained language model.
+
+    The prompt is read once; after that each new token is one RNN step from
+    the carried state, so 10x the tokens take 10x the time.
+
+    \b
+    Example:
+      nlptk generate runs/char_lm --prompt "ROMEO:" --max-tokens 500 --temperature 0.8 --top-k 20 --seed 1
+    """
     import torch
 
     if temperature < 0:
