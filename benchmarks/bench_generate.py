@@ -66,7 +66,7 @@ def plain_lstm(encoder: Any) -> nn.LSTM:
     lstm = nn.LSTM(encoder.input_size, encoder.hidden_size, num_layers=len(layers), batch_first=True)
     with torch.no_grad():
         for k, (rnn,) in enumerate(layers):
-            getattr(lstm, f"weight_ih_l{k}").copy_(rnn.weight_ih_l0[:, :-1])
+            getattr(lstm, f"weight_ih_l{k}").copy_(encoder.input_weight(k))
             for name in ("weight_hh", "bias_ih", "bias_hh"):
                 getattr(lstm, f"{name}_l{k}").copy_(getattr(rnn, f"{name}_l0"))
     return lstm.eval()

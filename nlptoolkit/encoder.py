@@ -286,11 +286,15 @@ class RNNEncoder(nn.Module):
             rnn = self.layers[k][0]
             if self.training:  # (at batch 1 even a no-op module call is a noticeable cost)
                 x = self.dropout(x)
-            # An LSTM's last input column is the padding indicator, 0 at a real token: leave it out.
-            from_input = F.linear(x, rnn.weight_ih_l0[:, : x.shape[-1]], rnn.bias_ih_l0)
+            from_input = F.linear(x, self.input_weight(k), rnn.bias_ih_l0)
             return from_input, F.linear(h, rnn.weight_hh_l0, rnn.bias_hh_l0)
 
         return step_layers(self.cell, self.num_layers, gates, x, state)
+
+    def input_weight(self, k: int) -> Tensor:
+        """Layer k's ``W_ih`` as at a real token: without the LSTM's padding-indicator column (idea 3)."""
+        w = self.layers[k][0].weight_ih_l0
+        return w[:, :-1] if self.cell == "lstm" else w
 
     def _split_state(self, state: Optional[State]) -> Tuple[Optional[Tensor], Optional[Tensor]]:
         if state is None:

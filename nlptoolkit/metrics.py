@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Dict, Sequence
 
 
-
 def accuracy(predictions: Sequence[int], targets: Sequence[int]) -> float:
     if len(targets) == 0:
         return 0.0

@@ -84,9 +84,7 @@ class Stepper:
         self.layers: List[_FrozenLayer] = []
         with torch.no_grad():
             for k, (rnn,) in enumerate(encoder.layers):
-                in_size = encoder.input_size if k == 0 else encoder.hidden_size
-                # An LSTM's last input column is the padding indicator, 0 at a real token: leave it out.
-                w_ih, b_ih = rnn.weight_ih_l0[:, :in_size].detach(), rnn.bias_ih_l0.detach()
+                w_ih, b_ih = encoder.input_weight(k).detach(), rnn.bias_ih_l0.detach()
                 w_hh, b_hh = rnn.weight_hh_l0.detach(), rnn.bias_hh_l0.detach()
                 table = None
                 if k == 0 and encoder.embedding is not None:
