@@ -159,8 +159,13 @@ def evaluate(run_dir: str, files: Sequence[str], splits: Sequence[str], checkpoi
 @click.argument("run_dir", type=click.Path())
 @click.argument("texts", nargs=-1)
 @click.option("--file", "file", type=click.File("r", encoding="utf-8"), help="Read inputs from a file, one per line.")
-def predict(run_dir: str, texts: Sequence[str], file: Optional[click.utils.LazyFile]) -> None:
-    """Predict for each input text (arguments, --file, or one per line on stdin)."""
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per input (all the task returns) instead of a line of text.")
+def predict(run_dir: str, texts: Sequence[str], file: Optional[click.utils.LazyFile], as_json: bool) -> None:
+    """Predict for each input text (arguments, --file, or one per line on stdin).
+
+    One line per input, in input order; with --json one JSON object per line
+    (for a classifier: input, label, probability, probabilities).
+    """
     from nlptoolkit.runs import load_run
 
     inputs: List[str] = list(texts)
@@ -172,8 +177,8 @@ def predict(run_dir: str, texts: Sequence[str], file: Optional[click.utils.LazyF
     if not inputs:
         raise NlptkError("predict: no input text; pass texts as arguments, --file FILE, or lines on stdin")
     _, task, model = load_run(run_dir)
-    for line in task.predict(model, inputs):
-        click.echo(line)
+    for result in task.predict(model, inputs):
+        click.echo(json.dumps(result, ensure_ascii=False) if as_json else task.format_prediction(result))
 
 
 @cli.command()

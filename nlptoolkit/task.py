@@ -13,12 +13,37 @@ The life of a task in ``nlptk run``::
     model = task.build_model()
     loss = task.training_step(model, batch)     # for batch in task.batches(train, ...)
     metrics = task.evaluate(model, validation)  # {"loss": ..., "accuracy": ...}
+    results = task.predict(model, ["a text"])   # [{"input": "a text", "label": ...}]
+
+Evaluation is written once, here. :meth:`Task.evaluate` puts the model in
+eval mode under ``no_grad``, moves each batch to the device and asks the
+plugin for a batch's *partial statistics*::
+
+    evaluate_batch(model, batch) -> {"loss_sum": 3.2, "tokens": 41, "predictions": [...]}
+
+and combines them over the split by one rule: **numbers add** (Python
+numbers or 0-d tensors; tensors stay on the device until the end) and
+**lists concatenate**, one item per example of the batch, put back in the
+order of the examples given (batches are length-bucketed, so they come in a
+different order; each batch carries ``batch["example_ids"]``, the positions
+of its examples in the list given). The totals then become the metrics::
+
+    compute_metrics(totals) -> {"loss": ..., "accuracy": ...}
+
+:meth:`Task.collect` is that loop for any per-batch function, so
+``predict`` batches and reorders the same way.
+
+``predict`` returns one JSON-able dict per input (a label and its
+probabilities, tags, decoded text with an n-best list and scores);
+:meth:`Task.format_prediction` turns one into the line ``nlptk predict``
+prints, and ``nlptk predict --json`` prints the dicts themselves.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Dict, Iterator, List, Optional, Sequence
+import json
+from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -73,7 +98,11 @@ class Task:
         return len(example)
 
     def collate(self, examples: Sequence[Any]) -> Dict[str, Tensor]:
-        """Make one batch (a dict of tensors) from examples."""
+        """Make one batch (a dict of tensors) from examples.
+
+        The core adds ``example_ids`` (the examples' positions) to each batch
+        made by :meth:`batches`; collate need not know about it.
+        """
         raise NotImplementedError
 
     def batches(self, examples: Sequence[Any], train: bool, epoch: int = 0, rank: int = 0, world_size: int = 1) -> "Batches":
@@ -103,10 +132,53 @@ class Task:
         """Real (unpadded) tokens in a batch, for throughput."""
         return int(batch["lengths"].sum()) if "lengths" in batch else 0
 
-    @torch.no_grad()
+    # -- evaluation -----------------------------------------------------------
     def evaluate(self, model: nn.Module, examples: Sequence[Any]) -> Dict[str, float]:
-        """Metrics on a split; keys are what `nlptk evaluate --json` prints."""
-        raise NotImplementedError
+        """Metrics on a split; keys are what `nlptk evaluate --json` prints.
+
+        Plugins write :meth:`evaluate_batch` and :meth:`compute_metrics`,
+        not this loop (see the module docstring for how partial statistics
+        combine).
+        """
+        self.on_evaluate_start()
+        return self.compute_metrics(self.collect(model, examples, self.evaluate_batch))
+
+    def evaluate_batch(self, model: nn.Module, batch: Dict[str, Any]) -> Dict[str, Any]:
+        """Partial statistics of one evaluation batch: numbers (summed) and per-example lists."""
+        raise NotImplementedError(f"task '{self.name}' defines no evaluate_batch")
+
+    def compute_metrics(self, totals: Dict[str, Any]) -> Dict[str, float]:
+        """Metrics from the statistics of the whole split (lists in input order)."""
+        raise NotImplementedError(f"task '{self.name}' defines no compute_metrics")
+
+    def on_evaluate_start(self) -> None:
+        """Called before each evaluation pass (reset state carried between evaluation batches)."""
+
+    def collect(self, model: nn.Module, examples: Sequence[Any], fn: Callable[[nn.Module, Dict[str, Any]], Dict[str, Any]]) -> Dict[str, Any]:
+        """Run ``fn(model, batch)`` over the evaluation batches of ``examples`` and combine the results.
+
+        Eval mode (the model's mode is restored afterwards), no gradients,
+        batches on the task's device. Numbers add; lists concatenate and come
+        back in the order of ``examples``.
+        """
+        was_training = model.training
+        model.eval()
+        totals: Dict[str, Any] = {}
+        ids: List[int] = []
+        seen = 0
+        try:
+            with torch.no_grad():
+                for batch in self.batches(examples, train=False):
+                    batch_ids = batch.get("example_ids")
+                    partial = fn(model, self.to_device(batch))
+                    seen += 1
+                    add_partial(totals, partial, batch_ids, self.name)
+                    ids += batch_ids or []
+        finally:
+            model.train(was_training)
+        if not seen:
+            raise NlptkError(f"task '{self.name}': no examples to evaluate")
+        return finish_totals(totals, ids)
 
     # -- training-time state (truncated BPTT and the like) ---------------------
     def on_epoch_start(self, epoch: int) -> None:
@@ -123,9 +195,19 @@ class Task:
         """Called after each evaluation, e.g. to print a sample so a person sees the model learn."""
 
     # -- use ------------------------------------------------------------------
-    def predict(self, model: nn.Module, texts: List[str]) -> List[str]:
-        """One printable line per input, for `nlptk predict`."""
-        raise NotImplementedError(f"task '{self.name}' does not support `nlptk predict`")
+    def predict(self, model: nn.Module, texts: List[str], **options: Any) -> List[Dict[str, Any]]:
+        """One JSON-able result per input text, in input order, for `nlptk predict`.
+
+        Each result holds the ``input`` and what the model says about it,
+        e.g. ``{"input": ..., "label": ..., "probabilities": {...}}``.
+        ``options`` are task-specific predict settings (such as a beam size)
+        passed on by the CLI only when a user gives them.
+        """
+        raise NlptkError(f"task '{self.name}' does not support `nlptk predict`")
+
+    def format_prediction(self, result: Dict[str, Any]) -> str:
+        """The line `nlptk predict` prints for one result (default: the result as JSON)."""
+        return json.dumps(result, ensure_ascii=False)
 
     def generate(self, model: nn.Module, prompt: str, max_tokens: int, temperature: float, top_k: Optional[int]) -> Iterator[str]:
         """Stream text pieces, for `nlptk generate`."""
@@ -144,13 +226,48 @@ class Batches:
     def __iter__(self) -> Iterator[Dict[str, Tensor]]:
         return self.from_position(0)
 
-    def from_position(self, start: int) -> Iterator[Dict[str, Tensor]]:
-        """The batches from number ``start`` on: how a resumed run skips what it already saw."""
+    def from_position(self, start: int) -> Iterator[Dict[str, Any]]:
+        """The batches from number ``start`` on: how a resumed run skips what it already saw.
+
+        Each batch also holds ``example_ids``: the positions of its examples
+        in ``examples`` (a list of ints), so results can be put back in order.
+        """
         for indices in self.sampler.batches()[start:]:
-            yield self.collate([self.examples[i] for i in indices])
+            batch = self.collate([self.examples[i] for i in indices])
+            batch["example_ids"] = list(indices)
+            yield batch
 
     def __len__(self) -> int:
         return len(self.sampler)
 
     def padding_fraction(self) -> float:
         return self.sampler.padding_fraction()
+
+
+def add_partial(totals: Dict[str, Any], partial: Dict[str, Any], ids: Optional[List[int]], task: str) -> None:
+    """Fold one batch's statistics into ``totals``: numbers add, lists concatenate."""
+    for key, value in partial.items():
+        if isinstance(value, list):
+            if ids is None:
+                raise TypeError(f"task '{task}': '{key}' is a per-example list, but these batches carry no example_ids")
+            if len(value) != len(ids):
+                raise ValueError(f"task '{task}': '{key}' holds {len(value)} items for a batch of {len(ids)} examples; a list holds one item per example")
+            totals.setdefault(key, []).extend(value)
+        elif isinstance(value, (int, float, Tensor)):
+            totals[key] = totals[key] + value if key in totals else value
+        else:
+            raise TypeError(f"task '{task}': statistic '{key}' is a {type(value).__name__}; use a number, a 0-d tensor or a per-example list")
+
+
+def finish_totals(totals: Dict[str, Any], ids: List[int]) -> Dict[str, Any]:
+    """Tensors become Python numbers; lists are put in the order of the examples given."""
+    order = sorted(range(len(ids)), key=ids.__getitem__)
+    done: Dict[str, Any] = {}
+    for key, value in totals.items():
+        if isinstance(value, list):
+            done[key] = [value[i] for i in order]
+        elif isinstance(value, Tensor):
+            done[key] = value.item()
+        else:
+            done[key] = value
+    return done

@@ -186,6 +186,7 @@ class LanguageModelTask(Task):
         check_recipe(recipe)
         self.kind = recipe.data.tokenizer.kind
         self.carried: Optional[State] = None  # the training state handed from chunk to chunk
+        self.eval_state: Optional[State] = None  # the same, within one evaluation pass
 
     # -- data -----------------------------------------------------------------
     def setup(self, train: Any) -> None:
@@ -273,17 +274,18 @@ class LanguageModelTask(Task):
         self.carried = detach(state)
         return F.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten())
 
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, examples: Tensor) -> Dict[str, float]:
-        """Mean loss per predicted token over the whole stream, state carried across chunks."""
-        model.eval()
-        total, count, state = 0.0, 0, None
-        for batch in self.batches(examples, train=False):
-            batch = self.to_device(batch)
-            logits, state = model(batch["inputs"], state)
-            total += float(F.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten(), reduction="sum"))
-            count += batch["targets"].numel()
-        return self.metrics_from_loss(total / count)
+    def on_evaluate_start(self) -> None:
+        self.eval_state = None  # evaluation reads the stream with state carried across chunks
+
+    def evaluate_batch(self, model: nn.Module, batch: Dict[str, Tensor]) -> Dict[str, Any]:
+        logits, self.eval_state = model(batch["inputs"], self.eval_state)
+        loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(), reduction="sum")
+        return {"loss_sum": loss_sum, "tokens": batch["targets"].numel()}
+
+    def compute_metrics(self, totals: Dict[str, Any]) -> Dict[str, float]:
+        """Mean loss per predicted token over the whole stream."""
+        self.eval_state = None
+        return self.metrics_from_loss(totals["loss_sum"] / totals["tokens"])
 
     def metrics_from_loss(self, loss: float) -> Dict[str, float]:
         """Loss in nats per token; perplexity = e^loss; bits per character = loss / ln 2 (char models)."""

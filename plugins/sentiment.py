@@ -7,18 +7,18 @@ summary to class scores. This file is also the worked example of the Task API.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Literal, Sequence, Tuple
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nlptoolkit import (
-    RNNEncoder, Task, Vocabulary, build_tokenizer, classification_metrics, column,
+    NlptkError, RNNEncoder, Task, Vocabulary, build_tokenizer, classification_metrics, column,
     load_tokenizer, pad_batch, register_task,
 )
 
-Example = Tuple[List[int], int]  # (token ids, label id)
+Example = Tuple[List[int], Optional[int]]  # (token ids, label id; None when predicting)
 
 
 @dataclass
@@ -77,15 +77,15 @@ class SentimentTask(Task):
             self.tokenizer.save(self.run_dir)
         self.vocab = Vocabulary.build((self.tokenizer.tokenize(t) for t in texts), cfg.min_freq, cfg.max_size)
         raw_labels = column(train, self.options.label_field, "train", "task.label_field")
-        self.labels = sorted({self._label_text(v, i, "train") for i, v in enumerate(raw_labels)})
+        self.labels = Vocabulary.labels(self._label_text(v, i, "train") for i, v in enumerate(raw_labels))
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"vocab": self.vocab.itos, "labels": self.labels}
+        return {"vocab": self.vocab.itos, "labels": self.labels.itos}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.tokenizer = load_tokenizer(self.recipe.data.tokenizer, self.run_dir)
         self.vocab = Vocabulary(state["vocab"])
-        self.labels = list(state["labels"])
+        self.labels = Vocabulary(state["labels"], specials=())
 
     def _texts(self, dataset: Any, split: str) -> List[str]:
         texts = column(dataset, self.options.text_field, split, "task.text_field")
@@ -102,7 +102,7 @@ class SentimentTask(Task):
     def encode(self, dataset: Any, split: str) -> List[Example]:
         texts = self._texts(dataset, split)
         raw_labels = column(dataset, self.options.label_field, split, "task.label_field")
-        index = {label: i for i, label in enumerate(self.labels)}
+        index = self.labels.stoi
         examples = []
         for row, (text, raw) in enumerate(zip(texts, raw_labels)):
             ids = self.vocab.encode(self.tokenizer.tokenize(text))
@@ -110,7 +110,7 @@ class SentimentTask(Task):
                 raise self.data_error(split, row, "the text has no tokens (empty or only spaces); remove the row")
             label = self._label_text(raw, row, split)
             if label not in index:
-                raise self.data_error(split, row, f"unknown label '{label}'; the model knows {', '.join(self.labels)}")
+                raise self.data_error(split, row, f"unknown label '{label}'; the model knows {', '.join(self.labels.itos)}")
             examples.append((ids, index[label]))
         return examples
 
@@ -119,7 +119,10 @@ class SentimentTask(Task):
 
     def collate(self, examples: Sequence[Example]) -> Dict[str, Tensor]:
         tokens, lengths = pad_batch([ids for ids, _ in examples])
-        return {"tokens": tokens, "lengths": lengths, "labels": torch.tensor([y for _, y in examples])}
+        batch = {"tokens": tokens, "lengths": lengths}
+        if all(y is not None for _, y in examples):
+            batch["labels"] = torch.tensor([y for _, y in examples])
+        return batch
 
     # -- model ----------------------------------------------------------------
     def build_model(self) -> nn.Module:
@@ -129,27 +132,32 @@ class SentimentTask(Task):
     def training_step(self, model: nn.Module, batch: Dict[str, Tensor]) -> Tensor:
         return F.cross_entropy(model(batch["tokens"], batch["lengths"]), batch["labels"])
 
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, examples: Sequence[Example]) -> Dict[str, float]:
-        model.eval()
-        loss_sum, predictions, targets = 0.0, [], []
-        for batch in self.batches(examples, train=False):
-            batch = self.to_device(batch)
-            logits = model(batch["tokens"], batch["lengths"])
-            loss_sum += float(F.cross_entropy(logits, batch["labels"], reduction="sum"))
-            predictions += logits.argmax(-1).tolist()
-            targets += batch["labels"].tolist()
-        return classification_metrics(loss_sum, predictions, targets)
+    def evaluate_batch(self, model: nn.Module, batch: Dict[str, Tensor]) -> Dict[str, Any]:
+        logits = model(batch["tokens"], batch["lengths"])
+        return {
+            "loss_sum": F.cross_entropy(logits.float(), batch["labels"], reduction="sum"),
+            "predictions": logits.argmax(-1).tolist(),
+            "targets": batch["labels"].tolist(),
+        }
+
+    def compute_metrics(self, totals: Dict[str, Any]) -> Dict[str, float]:
+        return classification_metrics(totals["loss_sum"], totals["predictions"], totals["targets"])
 
     # -- use ------------------------------------------------------------------
-    @torch.no_grad()
-    def predict(self, model: nn.Module, texts: List[str]) -> List[str]:
-        model.eval()
-        lines = []
-        for text in texts:
-            ids = self.vocab.encode(self.tokenizer.tokenize(text)) or [self.vocab.unk_id]
-            tokens, lengths = pad_batch([ids])
-            probs = model(tokens.to(self.device), lengths).softmax(-1)[0]
-            best = int(probs.argmax())
-            lines.append(f"{self.labels[best]}\t{probs[best]:.4f}\t{text}")
-        return lines
+    def predict(self, model: nn.Module, texts: List[str], **options: Any) -> List[Dict[str, Any]]:
+        """The most likely label, its probability, and every label's probability."""
+        if options:
+            raise NlptkError(f"task '{self.name}' takes no predict options (got {', '.join(options)})")
+        examples = [(self.vocab.encode(self.tokenizer.tokenize(t)) or [self.vocab.unk_id], None) for t in texts]
+        probs = self.collect(model, examples, lambda m, b: {"probs": m(b["tokens"], b["lengths"]).float().softmax(-1).tolist()})["probs"]
+        results = []
+        for text, p in zip(texts, probs):
+            best = max(range(len(p)), key=p.__getitem__)
+            results.append({
+                "input": text, "label": self.labels.itos[best], "probability": p[best],
+                "probabilities": dict(zip(self.labels.itos, p)),
+            })
+        return results
+
+    def format_prediction(self, result: Dict[str, Any]) -> str:
+        return f"{result['label']}\t{result['probability']:.4f}\t{result['input']}"

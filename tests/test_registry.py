@@ -76,16 +76,16 @@ class ToyTask(Task):
     def training_step(self, model, batch):
         return F.cross_entropy(model(batch["tokens"], batch["lengths"]), batch["labels"])
 
-    @torch.no_grad()
-    def evaluate(self, model, examples):
-        model.eval()
-        loss, right, n = 0.0, 0, 0
-        for batch in self.batches(examples, train=False):
-            logits = model(batch["tokens"], batch["lengths"])
-            loss += float(F.cross_entropy(logits, batch["labels"], reduction="sum"))
-            right += int((logits.argmax(-1) == batch["labels"]).sum())
-            n += len(batch["labels"])
-        return {{"accuracy": right / n, "loss": loss / n}}
+    def evaluate_batch(self, model, batch):
+        logits = model(batch["tokens"], batch["lengths"])
+        return {{
+            "loss": float(F.cross_entropy(logits, batch["labels"], reduction="sum")),
+            "right": int((logits.argmax(-1) == batch["labels"]).sum()),
+            "n": len(batch["labels"]),
+        }}
+
+    def compute_metrics(self, totals):
+        return {{"accuracy": totals["right"] / totals["n"], "loss": totals["loss"] / totals["n"]}}
 '''
 
 

@@ -35,10 +35,10 @@ def reference_predictions(loaded, rows):
             ids = task.vocab.encode(task.tokenizer.tokenize(row["text"]))
             logits = model(torch.tensor([ids]), torch.tensor([len(ids)]))[0]
             p = logits.softmax(-1)
-            preds.append(task.labels[int(p.argmax())])
+            preds.append(task.labels.itos[int(p.argmax())])
             probs.append(float(p.max()))
             if row.get("label") in task.labels:
-                losses.append(float(F.cross_entropy(logits[None], torch.tensor([task.labels.index(row["label"])]))))
+                losses.append(float(F.cross_entropy(logits[None], torch.tensor([task.labels.stoi[row["label"]]]))))
     return preds, probs, losses
 
 
@@ -91,7 +91,7 @@ def test_saved_recipe_round_trips(trained_run):
 
 def test_checkpoint_holds_what_the_model_needs(loaded, trained_run):
     recipe, task, model = loaded
-    assert task.labels == ["negative", "positive"]
+    assert task.labels.itos == ["negative", "positive"]
     train_words = {w for r in real_rows("train", 0, 60) for w in r["text"].lower().split()}
     assert set(task.vocab.itos[4:]) == train_words  # vocabulary from the training file only
     assert model.classify.out_features == 2 and model.encoder.output_size == 16

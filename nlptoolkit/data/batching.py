@@ -57,7 +57,7 @@ class BucketSampler(torch.utils.data.Sampler):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(n, generator=generator).tolist() if self.shuffle else list(range(n))
         if self.bucket:
-            chunk = self.chunk if self.shuffle else n  # evaluation: one sort over everything
+            chunk = self.chunk if self.shuffle else max(n, 1)  # evaluation: one sort over everything
             order = [i for s in range(0, n, chunk) for i in sorted(order[s : s + chunk], key=self.lengths.__getitem__)]
         batches = [order[s : s + self.batch_size] for s in range(0, n, self.batch_size)]
         if self.shuffle:
