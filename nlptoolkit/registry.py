@@ -4,7 +4,8 @@ Like spaCy's ``catalogue``, a task is registered by name with a decorator, and
 plugins are discovered from three places:
 
 1. the entry-point group ``nlptoolkit.plugins`` of installed packages (the
-   built-in tasks in ``plugins/`` use this too, exactly as a third party would);
+   built-in tasks in ``plugins/``, installed as ``nlptoolkit_plugins``, use this
+   too, exactly as a third party would);
 2. the ``plugins:`` list of a recipe (file paths or importable module names);
 3. ``nlptk --plugin PATH`` on the command line.
 

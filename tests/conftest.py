@@ -32,6 +32,34 @@ torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse to test some other copy of the code.
+
+    A `pytest` outside this checkout's environment imports whichever
+    nlptoolkit that interpreter has installed, and an editable install made
+    before setup.cfg changed keeps its old entry points; both pass or fail
+    for the wrong reasons."""
+    import configparser
+    import importlib.metadata
+
+    import nlptoolkit
+
+    where = Path(nlptoolkit.__file__).resolve().parent
+    if where != REPO / "nlptoolkit":
+        pytest.exit(
+            f"these tests import nlptoolkit from {where}, not from {REPO}: run `python -m pytest` "
+            "with the Python where this checkout is installed (`pip install -e .`)", returncode=4,
+        )
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg", encoding="utf-8")
+    group = cfg["options.entry_points"]["nlptoolkit.plugins"]
+    declared = dict(map(str.strip, line.split("=", 1)) for line in group.splitlines() if "=" in line and not line.strip().startswith("#"))
+    installed = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="nlptoolkit.plugins")}
+    stale = [f"{k} = {v}" for k, v in declared.items() if installed.get(k) != v]
+    if stale:
+        pytest.exit(f"setup.cfg declares entry points that are not installed ({'; '.join(stale)}); run `pip install -e .` again", returncode=4)
+
+
 def shared_data_dir() -> Path:
     env = os.environ.get("NLPTK_DATA")
     return Path(env).resolve() if env else REPO.parent / "shared" / "data"

@@ -19,7 +19,7 @@ from nlptoolkit.cli import main
 from nlptoolkit.recipe import recipe_from_dict
 from nlptoolkit.runs import make_task, train
 from nlptoolkit.stepper import Stepper
-from plugins.language_model import pick_token, sample_ids
+from nlptoolkit_plugins.language_model import pick_token, sample_ids
 
 TEXT = "the cat sat on the mat.\nthe dog sat on the log.\n" * 4
 

@@ -8,7 +8,7 @@ import torch
 
 from nlptoolkit.checkpoint import load_checkpoint
 from nlptoolkit.runs import train
-from plugins.language_model import LanguageModelTask
+from nlptoolkit_plugins.language_model import LanguageModelTask
 
 TEXT = "the cat sat on the mat.\nthe dog sat on the log.\n" * 20
 

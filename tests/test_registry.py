@@ -103,7 +103,7 @@ def test_user_plugin_is_listed_with_its_source(cli, tmp_path):
     assert "toy_length" in lines and "sentiment" in lines, out
     assert "Toy task from a user plugin file." in lines["toy_length"]
     assert lines["toy_length"].endswith(f"[plugin file {plugin}]"), lines["toy_length"]
-    assert "entry point 'sentiment' (plugins.sentiment:SentimentTask" in lines["sentiment"]
+    assert "entry point 'sentiment' (nlptoolkit_plugins.sentiment:SentimentTask" in lines["sentiment"]
 
 
 def test_user_plugin_trains_evaluates_through_recipe(cli, tiny_sentiment, tmp_path):
@@ -167,11 +167,11 @@ def test_same_plugin_twice_is_fine(cli, tmp_path):
 # --------------------------------------------------------------------------
 def test_builtin_sentiment_comes_from_entry_point():
     declared = {ep.name: ep.value for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
-    assert declared.get("sentiment") == "plugins.sentiment:SentimentTask"
+    assert declared.get("sentiment") == "nlptoolkit_plugins.sentiment:SentimentTask"
     reg = Registry()
     entries = {e.name: e for e in reg.entries()}
-    assert entries["sentiment"].source.startswith("entry point 'sentiment' (plugins.sentiment:SentimentTask")
-    assert entries["sentiment"].cls.__module__ == "plugins.sentiment"
+    assert entries["sentiment"].source.startswith("entry point 'sentiment' (nlptoolkit_plugins.sentiment:SentimentTask")
+    assert entries["sentiment"].cls.__module__ == "nlptoolkit_plugins.sentiment"
     assert reg.failures == {}
 
 
@@ -240,6 +240,13 @@ def test_entry_points_load_once():
 # --------------------------------------------------------------------------
 # the core does not know its plugins
 # --------------------------------------------------------------------------
+PLUGIN_PACKAGES = ("plugins.", "nlptoolkit_plugins.")  # the folder in a checkout, the installed package
+
+
+def is_plugin_module(name: str) -> bool:
+    return name.split(".")[0] in ("plugins", "nlptoolkit_plugins")
+
+
 def test_core_never_imports_plugins():
     offenders = []
     for path in sorted((REPO / "nlptoolkit").rglob("*.py")):
@@ -250,11 +257,11 @@ def test_core_never_imports_plugins():
             elif isinstance(node, ast.ImportFrom):
                 names = [node.module or ""] if node.level == 0 else []
             elif isinstance(node, ast.Constant) and isinstance(node.value, str):
-                # importlib.import_module("plugins.x") and the like
-                names = [node.value] if node.value.startswith("plugins.") else []
+                # importlib.import_module("nlptoolkit_plugins.x") and the like
+                names = [node.value] if node.value.startswith(PLUGIN_PACKAGES) else []
             else:
                 continue
-            offenders += [f"{path.relative_to(REPO)}:{node.lineno}: {n}" for n in names if n == "plugins" or n.startswith("plugins.")]
+            offenders += [f"{path.relative_to(REPO)}:{node.lineno}: {n}" for n in names if is_plugin_module(n)]
     assert offenders == []
 
 
@@ -265,7 +272,7 @@ def test_importing_core_loads_no_plugin(run_cli, tmp_path):
         """
         import sys
         import nlptoolkit, nlptoolkit.cli, nlptoolkit.runs, nlptoolkit.recipe, nlptoolkit.trainer
-        print(sorted(m for m in sys.modules if m == "plugins" or m.startswith("plugins.")))
+        print(sorted(m for m in sys.modules if m.split(".")[0] in ("plugins", "nlptoolkit_plugins")))
         """
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)

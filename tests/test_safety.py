@@ -194,7 +194,7 @@ def training_error(code: int, out: str, err: str) -> str:
 BAD_LOSS_PLUGIN = '''
 import torch
 from nlptoolkit import register_task
-from plugins.sentiment import SentimentTask
+from nlptoolkit_plugins.sentiment import SentimentTask
 
 
 @register_task("bad_loss_sentiment")
