@@ -3,7 +3,7 @@
 Both train the same model (same initial weights) on the same batches from the
 task's own pipeline with the same optimizer; the hand-written loop is the bare
 minimum (forward, loss, backward, clip, step; the forward under bf16 autocast
-when the recipe's ``train.precision`` is bf16). What `nlptk run` adds on top is
+when the recipe's ``train.precision`` resolves to bf16 on this machine). What `nlptk run` adds on top is
 the trainer: progress bars, bookkeeping, the evaluation and checkpoints at the
 end. Validation is cut to a few examples so that the comparison is about the
 training loop. Runs alternate; the table gives medians.
@@ -23,6 +23,7 @@ import torch
 
 from common import environment, header, markdown_table, median, timed
 from nlptoolkit.data.sources import load_splits
+from nlptoolkit.precision import choose_precision
 from nlptoolkit.recipe import load_recipe
 from nlptoolkit.runs import make_task
 from nlptoolkit.trainer import Trainer, seed_everything
@@ -54,11 +55,12 @@ def handwritten(task: Any, train: List[Any], steps: int) -> None:
     model = fresh_model(task)
     cfg = task.recipe.train
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    bf16 = choose_precision(cfg.precision, task.device).used == "bf16"  # what the trainer picks, too
     task.on_epoch_start(0)
     for i, batch in enumerate(task.batches(train, train=True, epoch=0)):
         if i == steps:
             break
-        with torch.autocast(task.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        with torch.autocast(task.device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = task.training_step(model, task.to_device(batch))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -87,7 +87,8 @@ class TrainConfig:
     bucket: bool = True  # length-bucketed batches: little padding, same randomness
     # bf16: the training forward pass runs under torch.autocast in bfloat16 (weights, optimizer
     # and evaluation stay float32); faster on GPUs and on CPUs with AVX512-BF16 or AMX.
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # auto: bf16 where the hardware does it natively, fp32 elsewhere (see nlptoolkit/precision.py).
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
 

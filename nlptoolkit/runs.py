@@ -22,6 +22,7 @@ from nlptoolkit import distributed
 from nlptoolkit.checkpoint import atomic_write_text, load_checkpoint
 from nlptoolkit.data.sources import load_splits
 from nlptoolkit.errors import NlptkError
+from nlptoolkit.precision import choose_precision
 from nlptoolkit.recipe import Recipe, load_recipe
 from nlptoolkit.registry import registry
 from nlptoolkit.trainer import Trainer, pick_device, seed_everything
@@ -66,6 +67,10 @@ def train(
     """
     proc = distributed.init_from_env()
     recipe = load_recipe(recipe_path, overrides)
+    try:  # refuse an impossible bf16 before anything is written
+        precision = choose_precision(recipe.train.precision, pick_device(recipe.device))
+    except NlptkError as exc:
+        raise NlptkError(f"{recipe_path}: {exc}") from None
     if resume:
         run_dir = Path(resume)
         payload = load_resume_checkpoint(run_dir)
@@ -98,7 +103,7 @@ def train(
     if proc.world_size > 1:
         ids = [proc.local_rank] if task.device.type == "cuda" else None
         parallel = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    trainer = Trainer(task, model, run_dir, quiet=quiet, rank=proc.rank, world_size=proc.world_size, parallel_model=parallel)
+    trainer = Trainer(task, model, run_dir, quiet=quiet, rank=proc.rank, world_size=proc.world_size, parallel_model=parallel, precision=precision)
     if payload is not None:
         try:
             trainer.restore(payload)

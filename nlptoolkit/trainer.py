@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from nlptoolkit.checkpoint import atomic_write_text, save_checkpoint, write_json
 from nlptoolkit.errors import NlptkError
+from nlptoolkit.precision import PrecisionChoice, choose_precision
 
 
 class TrainingInterrupted(Exception):
@@ -107,6 +108,7 @@ class Trainer:
         world_size: int = 1,
         log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
         parallel_model: Optional[nn.Module] = None,
+        precision: Optional[PrecisionChoice] = None,
     ) -> None:
         self.task = task
         self.recipe = task.recipe
@@ -117,6 +119,7 @@ class Trainer:
         self.is_main = rank == 0
         self.log = log if self.is_main else (lambda s: None)
         self.device = task.device
+        self.precision = precision or choose_precision(self.cfg.precision, self.device)
         self.raw_model = model
         self.model = parallel_model or model  # trains through the DDP wrapper when there is one
         self.optimizer = self._build_optimizer()
@@ -237,6 +240,9 @@ class Trainer:
             for group, lr in zip(self.optimizer.param_groups, resumed_lrs):
                 group["lr"] = lr
 
+        choice = self.precision
+        if choice.requested != "fp32":  # auto or bf16: say what was picked and why (summary.json has it too)
+            self.log(f"precision: {choice.used} (train.precision: {choice.requested}; {choice.reason})")
         previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         in_main_thread = _in_main_thread()
         if in_main_thread:
@@ -311,7 +317,7 @@ class Trainer:
     def _step(self, batch: Dict[str, Any]) -> float:
         cfg, state = self.cfg, self.state
         batch = self.task.to_device(batch)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision.used == "bf16"):
             loss = self.task.training_step(self.model, batch)
         value = float(loss.detach())
         if not math.isfinite(value):
@@ -429,6 +435,7 @@ class Trainer:
             "train_seconds": round(state.train_seconds, 2),
             "tokens_per_second": round(state.tokens / state.train_seconds, 1) if state.train_seconds else None,
             "padding_fraction": round(self.padding, 6),
+            "precision": self.precision.to_dict(),
             "best": {"metric": self.metric, "value": state.best_value, "step": state.best_step},
             "final": self.last_metrics,
         }

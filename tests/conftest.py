@@ -115,6 +115,7 @@ train:
   epochs: 1
   max_steps: {max_steps}
   eval_every: 3
+  precision: fp32  # the same numbers on every CPU (auto would pick bf16 on some)
   early_stopping:
     metric: accuracy
 """
