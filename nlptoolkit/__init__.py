@@ -3,9 +3,14 @@
 The public API for plugin authors is what this module exports: subclass
 :class:`Task`, decorate it with :func:`register_task`, build the model on
 :class:`RNNEncoder` (with :class:`Stepper` to run it a token at a time when
-generating), and use the data helpers for tokens, vocabularies and batches.
+generating, :class:`CharEncoder` for character features of words, :class:`CRF`
+for a tag-sequence output layer), declare options with :func:`at_least` for
+bounded numbers, and use the data helpers for tokens, vocabularies and batches.
 Plugins import nothing else from nlptoolkit.
 """
+from nlptoolkit.char_features import CharEncoder, char_batch
+from nlptoolkit.config_schema import at_least
+from nlptoolkit.crf import CRF
 from nlptoolkit.data import BucketSampler, Tokenizer, Vocabulary, build_tokenizer, column, iter_column, load_tokenizer, pad_batch
 from nlptoolkit.encoder import EncoderOutput, RNNEncoder
 from nlptoolkit.errors import NlptkError
@@ -18,5 +23,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Task", "register_task", "RNNEncoder", "EncoderOutput", "Stepper", "NlptkError",
     "Vocabulary", "Tokenizer", "build_tokenizer", "load_tokenizer", "column", "iter_column", "pad_batch", "BucketSampler",
-    "accuracy", "macro_f1", "classification_metrics", "__version__",
+    "accuracy", "macro_f1", "classification_metrics", "CRF", "CharEncoder", "char_batch", "at_least", "__version__",
 ]

@@ -135,7 +135,7 @@ def evaluate(run_dir: str, files: Sequence[str], splits: Sequence[str], checkpoi
         wanted[split] = path
     results = {}
     if wanted:
-        loaded = load_files(wanted, recipe.data.format, key="--files")
+        loaded = load_files(wanted, recipe.data.format, key="--files", columns=recipe.data.columns)
         task.sources = {split: f"{path} (--files {split})" for split, path in wanted.items()}
         for split in wanted:
             results[split] = task.evaluate(model, task.encode(loaded[split], split))

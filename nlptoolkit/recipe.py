@@ -43,7 +43,8 @@ class DataConfig:
     config: Optional[str] = None
     revision: Optional[str] = None
     files: Optional[Dict[str, str]] = None
-    format: Optional[Literal["csv", "json", "text", "parquet"]] = None
+    format: Optional[Literal["csv", "json", "text", "parquet", "conll"]] = None
+    columns: Optional[List[str]] = None  # conll: a name per column (default: tokens first, tags last)
     disk: Optional[str] = None
     validation_fraction: float = at_least(0.0, 0.1, high=0.9)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)

@@ -13,9 +13,10 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
+from nlptoolkit.data.conll import load_conll
 from nlptoolkit.errors import NlptkError
 
-FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".txt": "text", ".text": "text", ".parquet": "parquet"}
+FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".txt": "text", ".text": "text", ".parquet": "parquet", ".conll": "conll"}
 
 
 def _quiet_datasets() -> Any:
@@ -48,11 +49,11 @@ def infer_format(paths: Dict[str, str], fmt: Optional[str], key: str = "data.for
     formats = {FORMATS.get(s) for s in suffixes}
     if len(formats) == 1 and None not in formats:
         return formats.pop()
-    raise NlptkError(f"{key}: cannot tell the file format from {', '.join(sorted(suffixes))}; set `data.format` to csv, json, text or parquet")
+    raise NlptkError(f"{key}: cannot tell the file format from {', '.join(sorted(suffixes))}; set `data.format` to csv, json, text, parquet or conll")
 
 
-def load_files(files: Dict[str, str], fmt: Optional[str] = None, key: str = "data.files") -> Any:
-    """Read local files, one per split, into a DatasetDict."""
+def load_files(files: Dict[str, str], fmt: Optional[str] = None, key: str = "data.files", columns: Optional[List[str]] = None) -> Any:
+    """Read local files, one per split, into a DatasetDict (``columns``: names of a CoNLL file's columns)."""
     datasets = _quiet_datasets()
     for split, path in files.items():
         if not Path(path).is_file():
@@ -61,6 +62,8 @@ def load_files(files: Dict[str, str], fmt: Optional[str] = None, key: str = "dat
         if _blank(Path(path)):  # datasets fails on these with an empty StopIteration
             raise NlptkError(f"{key}.{split}: {path} is empty (no examples); give a file with at least one row")
     fmt = infer_format(files, fmt)
+    if fmt == "conll":
+        return load_conll(files, columns, key)
     if fmt == "json":
         for split, path in files.items():
             check_json_lines(Path(path), f"{key}.{split}")
@@ -126,7 +129,7 @@ def load_splits(config: Any, seed: int, shuffle_split: bool = True) -> Any:
     """Load the recipe's ``data:`` section (a DataConfig) and make sure validation exists."""
     datasets = _quiet_datasets()
     if config.files is not None:
-        loaded = load_files(config.files, config.format)
+        loaded = load_files(config.files, config.format, columns=config.columns)
         origin = "data.files"
     elif config.disk is not None:
         if not Path(config.disk).exists():

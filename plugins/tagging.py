@@ -1,0 +1,345 @@
+"""Sequence tagging (many-to-many, in sync): one tag per input position.
+
+Part-of-speech tags, named entities in BIO form, or labels for the frames of
+audio or video. The shared encoder (usually bidirectional) reads the whole
+sequence; at every position its output goes through dropout and one linear
+layer to a score per tag (the *emissions*). Then either
+
+* ``decoder: softmax`` picks each position's best tag on its own (the loss is
+  cross-entropy per real token), or
+* ``decoder: crf`` scores whole tag sequences with a linear-chain CRF
+  (:class:`nlptoolkit.CRF`) and decodes with Viterbi, so that ``O I-person``
+  can be ruled out by a learned transition score.
+
+Inputs are word tokens (``input: tokens``, with optional character features
+from :class:`nlptoolkit.CharEncoder` joined to each word's embedding) or float
+vectors (``input: vectors``: no embedding, the encoder reads the vectors).
+Padding never counts: not in the loss, not in any metric.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Dict, List, Literal, NamedTuple, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nlptoolkit import (
+    CRF, CharEncoder, NlptkError, RNNEncoder, Task, Vocabulary, at_least, build_tokenizer, char_batch, column,
+    pad_batch, register_task,
+)
+
+IGNORE = -100  # the tag id of padding (and of a gold tag the model never saw): left out of the loss
+ENTITY_TAG = re.compile(r"^[BIESLU]-.+")  # BIO / BIOES / BILOU tags name entity types
+
+
+@dataclass
+class CharEncoderOptions:
+    """The ``task.char_encoder:`` section: an RNN over each word's characters."""
+
+    cell: Literal["rnn", "lstm", "gru"] = "lstm"
+    embedding_dim: int = at_least(1, 32, high=4096)
+    hidden_size: int = at_least(1, 32, high=4096)  # per direction
+    bidirectional: bool = True
+    min_freq: int = at_least(1, 1)  # rarer characters read as <unk>
+    max_chars: int = at_least(0, 20)  # longer words (URLs) keep their first and last 10; 0 keeps all
+
+
+@dataclass
+class TaggingOptions:
+    """The recipe's ``task:`` section for this task."""
+
+    tokens_field: str = "tokens"  # the input sequence: a list of tokens (or of vectors, with input: vectors)
+    tags_field: str = "tags"  # a list of tag strings, as long as the input
+    input: Literal["tokens", "vectors"] = "tokens"
+    input_size: Optional[int] = at_least(1, None)  # vectors: their width (default: the first training row's)
+    decoder: Literal["softmax", "crf"] = "softmax"
+    dropout: float = at_least(0.0, 0.5, high=1.0)  # on the encoder's outputs, before the tag scores
+    word_dropout: float = at_least(0.0, 0.0, high=1.0)  # training words read as <unk>, so <unk> learns
+    char_encoder: Optional[CharEncoderOptions] = None
+
+
+class Sentence(NamedTuple):
+    """One encoded example."""
+
+    inputs: Any  # word ids (a list), or a (T, F) float tensor of vectors
+    tags: List[int]  # tag ids; IGNORE for a gold tag the model does not know
+    words: List[str]  # the tokens as written (character features read them); [] for vectors
+    gold: List[str]  # the gold tags as written, for the metrics
+
+
+class Tagger(nn.Module):
+    """Word embedding (+ character features) or vectors, encoder, dropout, linear; a CRF if asked."""
+
+    def __init__(
+        self,
+        encoder: RNNEncoder,
+        num_tags: int,
+        dropout: float,
+        embedding: Optional[nn.Embedding] = None,
+        chars: Optional[CharEncoder] = None,
+        crf: bool = False,
+    ) -> None:
+        super().__init__()
+        self.embedding, self.chars, self.encoder = embedding, chars, encoder
+        self.dropout = nn.Dropout(dropout)
+        self.scores = nn.Linear(encoder.output_size, num_tags)
+        self.crf = CRF(num_tags) if crf else None
+
+    def forward(self, batch: Dict[str, Tensor]) -> Tensor:
+        """(B, T, K) emissions: a score per position and tag."""
+        x = batch["inputs"]
+        if self.embedding is not None:
+            x = self.embedding(x)
+            if self.chars is not None:
+                x = torch.cat([x, self.chars(batch["chars"], batch["char_lengths"], batch["char_index"])], dim=-1)
+        outputs = self.encoder(x, batch["lengths"]).outputs
+        return self.scores(self.dropout(outputs))
+
+    def loss(self, emissions: Tensor, batch: Dict[str, Tensor]) -> Tensor:
+        """Summed loss over the batch's real tokens (cross-entropy, or the CRF's sentence NLL)."""
+        tags = batch["tags"]
+        if self.crf is None:
+            return F.cross_entropy(emissions.flatten(0, 1).float(), tags.flatten(), ignore_index=IGNORE, reduction="sum")
+        # the CRF scores whole sequences: a tag the model does not know reads as tag 0
+        return self.crf.nll(emissions, tags.clamp(min=0), batch["lengths"]).sum()
+
+    def decode(self, emissions: Tensor, lengths: Tensor) -> List[List[int]]:
+        if self.crf is not None:
+            return self.crf.decode_lists(emissions, lengths)
+        best = emissions.argmax(-1).tolist()
+        return [b[:n] for b, n in zip(best, lengths.tolist())]
+
+
+@register_task("tagging")
+class TaggingTask(Task):
+    """One tag per token or frame (POS, NER in BIO form, frame labels); optional char features and CRF."""
+
+    description = "Tag every token or frame (many-to-many): POS, BIO named entities, frame labels; accuracy, entity f1."
+    Options = TaggingOptions
+    metrics = ("accuracy", "f1", "precision", "recall", "loss")
+
+    # -- data -----------------------------------------------------------------
+    def setup(self, train: Any) -> None:
+        opts = self.options
+        sequences = self._column(train, "train", opts.tokens_field, "task.tokens_field")
+        tag_rows = self._column(train, "train", opts.tags_field, "task.tags_field")
+        counts: Counter = Counter()
+        for row, (seq, tags) in enumerate(zip(sequences, tag_rows)):
+            self._check_row(seq, tags, row, "train")
+            counts.update(tags)
+        self.tags = sorted(counts)
+        self.entity = any(t != "O" for t in self.tags) and all(t == "O" or ENTITY_TAG.match(t) for t in self.tags)
+        metric = self.recipe.train.early_stopping.metric
+        if metric in ("f1", "precision", "recall") and not self.entity:
+            raise NlptkError(
+                f"train.early_stopping.metric: '{metric}' is an entity score, but the training tags are not BIO/BIOES "
+                f"(for example {self.tags[0]!r}); use accuracy or loss"
+            )
+        self.vocab = self.char_vocab = None
+        self.input_size = opts.input_size
+        if opts.input == "vectors":
+            if self.input_size is None:
+                first = sequences[0][0]
+                if not isinstance(first, list) or not first:
+                    raise self.data_error("train", 0, f"with input: vectors, '{opts.tokens_field}' is a list of vectors (lists of numbers), got {first!r}")
+                self.input_size = len(first)
+            return
+        cfg = self.recipe.data.tokenizer
+        if cfg.kind != "word":
+            raise NlptkError(f"data.tokenizer.kind: the tagging task reads tokens as given (kind: word), got '{cfg.kind}'")
+        self.vocab = Vocabulary.build(([self._word_key(w) for w in s] for s in sequences), cfg.min_freq, cfg.max_size)
+        if opts.char_encoder is not None:
+            self.char_vocab = Vocabulary.build((w for s in sequences for w in s), opts.char_encoder.min_freq)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            "tags": self.tags, "entity": self.entity, "input_size": self.input_size,
+            "vocab": self.vocab.itos if self.vocab else None,
+            "char_vocab": self.char_vocab.itos if self.char_vocab else None,
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.tags, self.entity, self.input_size = list(state["tags"]), bool(state["entity"]), state["input_size"]
+        self.vocab = Vocabulary(state["vocab"]) if state["vocab"] else None
+        self.char_vocab = Vocabulary(state["char_vocab"]) if state["char_vocab"] else None
+
+    def _word_key(self, word: str) -> str:
+        return word.lower() if self.recipe.data.tokenizer.lowercase else word
+
+    def _column(self, dataset: Any, split: str, field: str, key: str) -> List[Any]:
+        values = column(dataset, field, split, key)
+        for row, value in enumerate(values):
+            if not isinstance(value, list):
+                raise self.data_error(split, row, f"field '{field}' is {type(value).__name__}, not a list; each row holds a list per field")
+        return values
+
+    def _check_row(self, sequence: List[Any], tags: List[Any], row: int, split: str) -> None:
+        opts = self.options
+        if not sequence:
+            raise self.data_error(split, row, f"field '{opts.tokens_field}' is empty; remove the row (a sentence needs at least one token)")
+        if len(sequence) != len(tags):
+            raise self.data_error(
+                split, row, f"{len(sequence)} tokens in '{opts.tokens_field}' but {len(tags)} tags in '{opts.tags_field}'; every token needs exactly one tag"
+            )
+        for position, tag in enumerate(tags):
+            if not isinstance(tag, str):
+                raise self.data_error(split, row, f"tag {position + 1} of '{opts.tags_field}' is {tag!r} ({type(tag).__name__}), not a string")
+        if opts.input == "tokens":
+            for position, token in enumerate(sequence):
+                if not isinstance(token, str) or not token:
+                    raise self.data_error(split, row, f"token {position + 1} of '{opts.tokens_field}' is {token!r}, not a non-empty string")
+
+    def _vectors(self, frames: List[Any], where: str) -> Tensor:
+        """A (T, F) tensor from a list of frames; a frame of the wrong width is named."""
+        for position, frame in enumerate(frames):
+            if not isinstance(frame, list) or len(frame) != self.input_size:
+                width = f"width {len(frame)}" if isinstance(frame, list) else f"a {type(frame).__name__}, not a vector"
+                raise NlptkError(f"{where}: vector {position + 1} has {width}, but the model reads vectors of width {self.input_size} (task.input_size); give every frame {self.input_size} numbers")
+        try:
+            vectors = torch.tensor(frames, dtype=torch.float32)
+        except (TypeError, ValueError):
+            raise NlptkError(f"{where}: the vectors hold something that is not a number; every frame is a list of numbers") from None
+        if not torch.isfinite(vectors).all():
+            raise NlptkError(f"{where}: the vectors hold NaN or infinity; every value must be a finite number")
+        return vectors
+
+    def encode(self, dataset: Any, split: str) -> List[Sentence]:
+        opts = self.options
+        sequences = self._column(dataset, split, opts.tokens_field, "task.tokens_field")
+        tag_rows = self._column(dataset, split, opts.tags_field, "task.tags_field")
+        index = {t: i for i, t in enumerate(self.tags)}
+        examples = []
+        for row, (seq, tags) in enumerate(zip(sequences, tag_rows)):
+            self._check_row(seq, tags, row, split)
+            tag_ids = [index.get(t, IGNORE) for t in tags]
+            if opts.input == "vectors":
+                where = f"{self.sources.get(split, f'the {split} split')}, row {row + 1}"
+                examples.append(Sentence(self._vectors(seq, where), tag_ids, [], tags))
+            else:
+                examples.append(Sentence(self.vocab.encode(self._word_key(w) for w in seq), tag_ids, seq, tags))
+        return examples
+
+    def length(self, example: Sentence) -> int:
+        return len(example.tags)
+
+    def collate(self, examples: Sequence[Sentence]) -> Dict[str, Any]:
+        if self.options.input == "vectors":
+            inputs = nn.utils.rnn.pad_sequence([e.inputs for e in examples], batch_first=True)
+            lengths = torch.tensor([len(e.tags) for e in examples])
+        else:
+            inputs, lengths = pad_batch([e.inputs for e in examples])
+        tags, _ = pad_batch([e.tags for e in examples], pad_id=IGNORE)
+        batch = {"inputs": inputs, "lengths": lengths, "tags": tags, "gold": [e.gold for e in examples], "words": [e.words for e in examples]}
+        if self.char_vocab is not None:
+            batch["chars"], batch["char_lengths"], batch["char_index"] = char_batch(
+                batch["words"], self.char_vocab, self.options.char_encoder.max_chars
+            )
+        return batch
+
+    # -- model ----------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        opts, cfg = self.options, self.recipe.encoder
+        if opts.input == "vectors":
+            encoder = RNNEncoder.from_config(cfg, input_size=self.input_size)
+            return Tagger(encoder, len(self.tags), opts.dropout, crf=opts.decoder == "crf")
+        embedding = nn.Embedding(len(self.vocab), cfg.embedding_dim, padding_idx=0)
+        chars = None
+        if opts.char_encoder is not None:
+            c = opts.char_encoder
+            chars = CharEncoder(RNNEncoder(
+                cell=c.cell, hidden_size=c.hidden_size, bidirectional=c.bidirectional,
+                vocab_size=len(self.char_vocab), embedding_dim=c.embedding_dim,
+            ))
+        width = cfg.embedding_dim + (chars.output_size if chars is not None else 0)
+        encoder = RNNEncoder.from_config(cfg, input_size=width)
+        return Tagger(encoder, len(self.tags), opts.dropout, embedding, chars, crf=opts.decoder == "crf")
+
+    def training_step(self, model: nn.Module, batch: Dict[str, Any]) -> Tensor:
+        p = self.options.word_dropout
+        if p > 0 and self.options.input == "tokens":
+            inputs = batch["inputs"]
+            dropped = (torch.rand(inputs.shape, device=inputs.device) < p) & (inputs != Vocabulary.pad_id)
+            batch = {**batch, "inputs": inputs.masked_fill(dropped, Vocabulary.unk_id)}
+        emissions = model(batch)
+        raw = getattr(model, "module", model)  # under DistributedDataParallel
+        return raw.loss(emissions, batch) / batch["lengths"].sum().clamp(min=1).to(emissions.device)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, examples: Sequence[Sentence]) -> Dict[str, float]:
+        model.eval()
+        loss_sum, predicted, gold = 0.0, [], []
+        for batch in self.batches(examples, train=False):
+            batch = self.to_device(batch)
+            emissions = model(batch)
+            loss_sum += float(model.loss(emissions, batch))
+            predicted += [[self.tags[i] for i in path] for path in model.decode(emissions, batch["lengths"])]
+            gold += batch["gold"]
+        return tagging_metrics(predicted, gold, self.entity, loss_sum)
+
+    # -- use ------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, model: nn.Module, texts: List[str]) -> List[str]:
+        """``token/TAG`` pairs for each text (vectors runs: one JSON list of frames per input, tags out)."""
+        model.eval()
+        if self.options.input == "vectors":
+            examples = []
+            for n, text in enumerate(texts):
+                try:
+                    frames = json.loads(text)
+                except ValueError:
+                    raise NlptkError(f"input {n + 1}: a vectors model reads one JSON list of frames per input, such as [[0.1, 0.2], [0.3, 0.4]]") from None
+                if not isinstance(frames, list) or not frames:
+                    raise NlptkError(f"input {n + 1}: expected a non-empty JSON list of frames, got {type(frames).__name__}")
+                examples.append(Sentence(self._vectors(frames, f"input {n + 1}"), [0] * len(frames), [], []))
+            return [" ".join(tags) for tags in self._tag(model, examples)]
+        splitter = build_tokenizer(dataclasses.replace(self.recipe.data.tokenizer, lowercase=False))
+        examples = []
+        for text in texts:
+            words = splitter.tokenize(text)
+            examples.append(Sentence(self.vocab.encode(self._word_key(w) for w in words), [0] * len(words), words, []))
+        return [" ".join(f"{w}/{t}" for w, t in zip(e.words, tags)) for e, tags in zip(examples, self._tag(model, examples))]
+
+    def _tag(self, model: nn.Module, examples: List[Sentence]) -> List[List[str]]:
+        out = []
+        for start in range(0, len(examples), self.recipe.train.batch_size):
+            batch = self.to_device(self.collate(examples[start : start + self.recipe.train.batch_size]))
+            out += [[self.tags[i] for i in path] for path in model.decode(model(batch), batch["lengths"])]
+        return out
+
+
+def tagging_metrics(predicted: List[List[str]], gold: List[List[str]], entity: bool, loss_sum: float) -> Dict[str, float]:
+    """Token accuracy and mean loss per token; for BIO/BIOES tags also entity scores (seqeval).
+
+    seqeval implements conlleval's rules: an entity is a maximal run that
+    starts at a B- (or at an I- that does not continue an entity of its own
+    type) and must match in type and both boundaries to count.
+    """
+    total = sum(len(g) for g in gold)
+    correct = sum(p == g for ps, gs in zip(predicted, gold) for p, g in zip(ps, gs))
+    metrics = {"accuracy": correct / max(total, 1)}
+    if entity:
+        from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a type with no predictions scores 0; that is the point
+            metrics["precision"] = float(precision_score(gold, predicted, zero_division=0))
+            metrics["recall"] = float(recall_score(gold, predicted, zero_division=0))
+            metrics["f1"] = float(f1_score(gold, predicted, zero_division=0))
+            report = classification_report(gold, predicted, output_dict=True, zero_division=0)
+        metrics["loss"] = loss_sum / max(total, 1)
+        for name, scores in sorted(report.items()):
+            if name.endswith(" avg"):
+                continue
+            metrics[f"{name}_precision"] = float(scores["precision"])
+            metrics[f"{name}_recall"] = float(scores["recall"])
+            metrics[f"{name}_f1"] = float(scores["f1-score"])
+        return metrics
+    metrics["loss"] = loss_sum / max(total, 1)
+    return metrics
