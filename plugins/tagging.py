@@ -134,13 +134,13 @@ class TaggingTask(Task):
         for row, (seq, tags) in enumerate(zip(sequences, tag_rows)):
             self._check_row(seq, tags, row, "train")
             counts.update(tags)
-        self.tags = sorted(counts)
-        self.entity = any(t != "O" for t in self.tags) and all(t == "O" or ENTITY_TAG.match(t) for t in self.tags)
+        self.tags = Vocabulary.labels(counts)
+        self.entity = any(t != "O" for t in self.tags.itos) and all(t == "O" or ENTITY_TAG.match(t) for t in self.tags.itos)
         metric = self.recipe.train.early_stopping.metric
         if metric in ("f1", "precision", "recall") and not self.entity:
             raise NlptkError(
                 f"train.early_stopping.metric: '{metric}' is an entity score, but the training tags are not BIO/BIOES "
-                f"(for example {self.tags[0]!r}); use accuracy or loss"
+                f"(for example {self.tags.itos[0]!r}); use accuracy or loss"
             )
         self.vocab = self.char_vocab = None
         self.input_size = opts.input_size
@@ -160,13 +160,14 @@ class TaggingTask(Task):
 
     def state_dict(self) -> Dict[str, Any]:
         return {
-            "tags": self.tags, "entity": self.entity, "input_size": self.input_size,
+            "tags": self.tags.itos, "entity": self.entity, "input_size": self.input_size,
             "vocab": self.vocab.itos if self.vocab else None,
             "char_vocab": self.char_vocab.itos if self.char_vocab else None,
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        self.tags, self.entity, self.input_size = list(state["tags"]), bool(state["entity"]), state["input_size"]
+        self.tags = Vocabulary(state["tags"], specials=())
+        self.entity, self.input_size = bool(state["entity"]), state["input_size"]
         self.vocab = Vocabulary(state["vocab"]) if state["vocab"] else None
         self.char_vocab = Vocabulary(state["char_vocab"]) if state["char_vocab"] else None
 
@@ -214,7 +215,7 @@ class TaggingTask(Task):
         opts = self.options
         sequences = self._column(dataset, split, opts.tokens_field, "task.tokens_field")
         tag_rows = self._column(dataset, split, opts.tags_field, "task.tags_field")
-        index = {t: i for i, t in enumerate(self.tags)}
+        index = self.tags.stoi
         examples = []
         for row, (seq, tags) in enumerate(zip(sequences, tag_rows)):
             self._check_row(seq, tags, row, split)
@@ -227,16 +228,17 @@ class TaggingTask(Task):
         return examples
 
     def length(self, example: Sentence) -> int:
-        return len(example.tags)
+        return len(example.words) if example.words else len(example.inputs)
 
     def collate(self, examples: Sequence[Sentence]) -> Dict[str, Any]:
         if self.options.input == "vectors":
             inputs = nn.utils.rnn.pad_sequence([e.inputs for e in examples], batch_first=True)
-            lengths = torch.tensor([len(e.tags) for e in examples])
+            lengths = torch.tensor([len(e.inputs) for e in examples])
         else:
             inputs, lengths = pad_batch([e.inputs for e in examples])
-        tags, _ = pad_batch([e.tags for e in examples], pad_id=IGNORE)
-        batch = {"inputs": inputs, "lengths": lengths, "tags": tags, "gold": [e.gold for e in examples], "words": [e.words for e in examples]}
+        batch = {"inputs": inputs, "lengths": lengths, "gold": [e.gold for e in examples], "words": [e.words for e in examples]}
+        if all(e.tags for e in examples):  # (inputs to predict have none)
+            batch["tags"], _ = pad_batch([e.tags for e in examples], pad_id=IGNORE)
         if self.char_vocab is not None:
             batch["chars"], batch["char_lengths"], batch["char_index"] = char_batch(
                 batch["words"], self.char_vocab, self.options.char_encoder.max_chars
@@ -265,53 +267,59 @@ class TaggingTask(Task):
         p = self.options.word_dropout
         if p > 0 and self.options.input == "tokens":
             inputs = batch["inputs"]
-            dropped = (torch.rand(inputs.shape, device=inputs.device) < p) & (inputs != Vocabulary.pad_id)
-            batch = {**batch, "inputs": inputs.masked_fill(dropped, Vocabulary.unk_id)}
+            dropped = (torch.rand(inputs.shape, device=inputs.device) < p) & (inputs != self.vocab.pad_id)
+            batch = {**batch, "inputs": inputs.masked_fill(dropped, self.vocab.unk_id)}
         emissions = model(batch)
         raw = getattr(model, "module", model)  # under DistributedDataParallel
         return raw.loss(emissions, batch) / batch["lengths"].sum().clamp(min=1).to(emissions.device)
 
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, examples: Sequence[Sentence]) -> Dict[str, float]:
-        model.eval()
-        loss_sum, predicted, gold = 0.0, [], []
-        for batch in self.batches(examples, train=False):
-            batch = self.to_device(batch)
-            emissions = model(batch)
-            loss_sum += float(model.loss(emissions, batch))
-            predicted += [[self.tags[i] for i in path] for path in model.decode(emissions, batch["lengths"])]
-            gold += batch["gold"]
-        return tagging_metrics(predicted, gold, self.entity, loss_sum)
+    def evaluate_batch(self, model: nn.Module, batch: Dict[str, Any]) -> Dict[str, Any]:
+        emissions = model(batch)
+        paths = model.decode(emissions, batch["lengths"])
+        return {
+            "loss_sum": model.loss(emissions, batch),
+            "predicted": [[self.tags.itos[i] for i in path] for path in paths],
+            "gold": batch["gold"],
+        }
+
+    def compute_metrics(self, totals: Dict[str, Any]) -> Dict[str, float]:
+        return tagging_metrics(totals["predicted"], totals["gold"], self.entity, totals["loss_sum"])
 
     # -- use ------------------------------------------------------------------
-    @torch.no_grad()
-    def predict(self, model: nn.Module, texts: List[str]) -> List[str]:
-        """``token/TAG`` pairs for each text (vectors runs: one JSON list of frames per input, tags out)."""
-        model.eval()
+    def predict(self, model: nn.Module, texts: List[str], **options: Any) -> List[Dict[str, Any]]:
+        """Tokens and their tags for each text (vectors runs: one JSON list of frames per input)."""
+        if options:
+            raise NlptkError(f"task '{self.name}' takes no predict options (got {', '.join(options)})")
         if self.options.input == "vectors":
+            examples = [Sentence(self._vectors(self._frames(text, n), f"input {n + 1}"), [], [], []) for n, text in enumerate(texts)]
+        else:
+            splitter = build_tokenizer(dataclasses.replace(self.recipe.data.tokenizer, lowercase=False))
             examples = []
             for n, text in enumerate(texts):
-                try:
-                    frames = json.loads(text)
-                except ValueError:
-                    raise NlptkError(f"input {n + 1}: a vectors model reads one JSON list of frames per input, such as [[0.1, 0.2], [0.3, 0.4]]") from None
-                if not isinstance(frames, list) or not frames:
-                    raise NlptkError(f"input {n + 1}: expected a non-empty JSON list of frames, got {type(frames).__name__}")
-                examples.append(Sentence(self._vectors(frames, f"input {n + 1}"), [0] * len(frames), [], []))
-            return [" ".join(tags) for tags in self._tag(model, examples)]
-        splitter = build_tokenizer(dataclasses.replace(self.recipe.data.tokenizer, lowercase=False))
-        examples = []
-        for text in texts:
-            words = splitter.tokenize(text)
-            examples.append(Sentence(self.vocab.encode(self._word_key(w) for w in words), [0] * len(words), words, []))
-        return [" ".join(f"{w}/{t}" for w, t in zip(e.words, tags)) for e, tags in zip(examples, self._tag(model, examples))]
+                words = splitter.tokenize(text)
+                if not words:
+                    raise NlptkError(f"input {n + 1}: no tokens in {text!r}; give a sentence with words separated by spaces")
+                examples.append(Sentence(self.vocab.encode(self._word_key(w) for w in words), [], words, []))
+        tags = self.collect(model, examples, lambda m, b: {"tags": [[self.tags.itos[i] for i in p] for p in m.decode(m(b), b["lengths"])]})["tags"]
+        if self.options.input == "vectors":
+            return [{"input": text, "tags": t} for text, t in zip(texts, tags)]
+        return [{"input": text, "tokens": e.words, "tags": t} for text, e, t in zip(texts, examples, tags)]
 
-    def _tag(self, model: nn.Module, examples: List[Sentence]) -> List[List[str]]:
-        out = []
-        for start in range(0, len(examples), self.recipe.train.batch_size):
-            batch = self.to_device(self.collate(examples[start : start + self.recipe.train.batch_size]))
-            out += [[self.tags[i] for i in path] for path in model.decode(model(batch), batch["lengths"])]
-        return out
+    def format_prediction(self, result: Dict[str, Any]) -> str:
+        """``token/TAG`` pairs (vectors runs: the tags)."""
+        if "tokens" not in result:
+            return " ".join(result["tags"])
+        return " ".join(f"{w}/{t}" for w, t in zip(result["tokens"], result["tags"]))
+
+    @staticmethod
+    def _frames(text: str, n: int) -> List[Any]:
+        try:
+            frames = json.loads(text)
+        except ValueError:
+            raise NlptkError(f"input {n + 1}: a vectors model reads one JSON list of frames per input, such as [[0.1, 0.2], [0.3, 0.4]]") from None
+        if not isinstance(frames, list) or not frames:
+            raise NlptkError(f"input {n + 1}: expected a non-empty JSON list of frames, got {text[:40]!r}")
+        return frames
 
 
 def tagging_metrics(predicted: List[List[str]], gold: List[List[str]], entity: bool, loss_sum: float) -> Dict[str, float]:

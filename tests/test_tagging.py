@@ -215,7 +215,11 @@ def test_predict_prints_token_tag_pairs_that_match_evaluate(cli, pos_run, tmp_pa
     pairs = out.strip().split(" ")
     assert [p.rsplit("/", 1)[0] for p in pairs] == ["The", "cat", "sat", "."]
     _, task, _ = load_run(str(run_dir))
-    assert all(p.rsplit("/", 1)[1] in task.tags for p in pairs)
+    assert all(p.rsplit("/", 1)[1] in task.tags.itos for p in pairs)
+    code, out, err = cli(["predict", run_dir, "--json", "The cat sat ."])
+    result = json.loads(out)
+    assert result["input"] == "The cat sat ." and result["tokens"] == ["The", "cat", "sat", "."]
+    assert [f"{w}/{t}" for w, t in zip(result["tokens"], result["tags"])] == pairs
 
     sentences = rows(validation)
     lines = tmp_path / "sentences.txt"
