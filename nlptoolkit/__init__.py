@@ -12,6 +12,7 @@ from nlptoolkit.char_features import CharEncoder, char_batch
 from nlptoolkit.config_schema import at_least
 from nlptoolkit.crf import CRF
 from nlptoolkit.data import BucketSampler, Tokenizer, Vocabulary, build_tokenizer, column, iter_column, load_tokenizer, pad_batch
+from nlptoolkit.data.features import feature_matrix, read_feature_file
 from nlptoolkit.encoder import EncoderOutput, RNNEncoder
 from nlptoolkit.errors import NlptkError
 from nlptoolkit.metrics import accuracy, classification_metrics, macro_f1
@@ -24,4 +25,5 @@ __all__ = [
     "Task", "register_task", "RNNEncoder", "EncoderOutput", "Stepper", "NlptkError",
     "Vocabulary", "Tokenizer", "build_tokenizer", "load_tokenizer", "column", "iter_column", "pad_batch", "BucketSampler",
     "accuracy", "macro_f1", "classification_metrics", "CRF", "CharEncoder", "char_batch", "at_least", "__version__",
+    "feature_matrix", "read_feature_file",
 ]
