@@ -6,6 +6,8 @@
     nlptk predict runs/sentiment "a gorgeous, witty, seductive movie."
     nlptk generate runs/char_lm --prompt "ROMEO:"
     nlptk list                                 tasks and where they come from
+    nlptk recipes                              the bundled recipes (nlptk run NAME)
+    nlptk init sentiment > my.yaml             a commented starter recipe for a task
 
 Mistakes in input (recipe, data, checkpoint, arguments) print one line and
 exit with code 2; `--debug` shows the traceback instead.
@@ -62,7 +64,7 @@ def run(
     recipe: str, overrides: Sequence[str], output_dir: Optional[str], force: bool, resume: Optional[str],
     allow_changes: Sequence[str], quiet: bool, nproc: int,
 ) -> None:
-    """Train RECIPE, evaluate it, and write a run folder.
+    """Train RECIPE (a .yaml file, or a bundled recipe's name), evaluate it, and write a run folder.
 
     The folder (default runs/<name>) gets recipe.yaml, metrics.jsonl,
     summary.json, best.pt, last.pt and curves.png. Paths in the recipe are
@@ -101,12 +103,14 @@ def validate(recipe: str, overrides: Sequence[str]) -> None:
     """Check RECIPE (keys, types, task, plugins, data files) without training."""
     from nlptoolkit.recipe import load_recipe
 
-    loaded = load_recipe(recipe, overrides)
     from pathlib import Path
 
+    from nlptoolkit.bundled import resolve_data_path
+
+    loaded = load_recipe(recipe, overrides)
     if loaded.data.files:
         for split, path in loaded.data.files.items():
-            if not Path(path).is_file():
+            if not Path(resolve_data_path(path, f"{recipe}: data.files.{split}")).is_file():
                 raise NlptkError(f"{recipe}: data.files.{split}: file {path} does not exist (relative paths start from the current folder)")
     click.echo(f"{recipe}: ok (task {loaded.task})")
 
@@ -232,6 +236,32 @@ def list_tasks() -> None:
         click.echo(f"{e.name:<{width}}  {e.description}  [{e.source}]")
     for source, reason in registry.failures.items():
         click.echo(f"{'(failed)':<{width}}  {source}: {reason}")
+
+
+@cli.command(name="recipes")
+def list_recipes() -> None:
+    """List the recipes that ship with nlptk; run one by name: `nlptk run NAME`."""
+    from nlptoolkit.bundled import describe_recipe, recipe_files
+
+    files = recipe_files()
+    width = max([len(name) for name in files] + [4])
+    for name, path in files.items():
+        click.echo(f"{name:<{width}}  {describe_recipe(path)}")
+
+
+@cli.command()
+@click.argument("task")
+def init(task: str) -> None:
+    """Print a starter recipe for TASK: every key, its default and what it does.
+
+    \b
+    Example:
+      nlptk init sentiment > my.yaml     # then edit data.files and run: nlptk run my.yaml
+    """
+    from nlptoolkit.registry import registry
+    from nlptoolkit.starter import starter_recipe
+
+    click.echo(starter_recipe(registry.get(task)), nl=False)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

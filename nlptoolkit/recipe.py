@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
 import yaml
 
+from nlptoolkit.bundled import find_recipe, recipe_files
 from nlptoolkit.config_schema import Locator, at_least, build, to_plain
 from nlptoolkit.errors import NlptkError, did_you_mean
 
@@ -26,27 +27,27 @@ from nlptoolkit.errors import NlptkError, did_you_mean
 class TokenizerConfig:
     """How text becomes tokens, and which tokens make the vocabulary."""
 
-    kind: Literal["char", "word", "sentencepiece"] = "word"
-    lowercase: bool = False
+    kind: Literal["char", "word", "sentencepiece"] = "word"  # char: every character; word: whitespace; sentencepiece: learned subwords
+    lowercase: bool = False  # lower-case the text before splitting it
     split_punctuation: bool = False  # word only: "movie." -> "movie", "."
-    vocab_size: int = at_least(8, 8000)  # sentencepiece only
-    model_type: Literal["unigram", "bpe"] = "unigram"  # sentencepiece only
-    min_freq: int = at_least(1, 1)
-    max_size: Optional[int] = at_least(1, None)
+    vocab_size: int = at_least(8, 8000)  # sentencepiece only: how many pieces to learn
+    model_type: Literal["unigram", "bpe"] = "unigram"  # sentencepiece only: the algorithm
+    min_freq: int = at_least(1, 1)  # tokens seen fewer times in train become <unk>
+    max_size: Optional[int] = at_least(1, None)  # keep only the most frequent tokens; null: all
 
 
 @dataclass
 class DataConfig:
     """Where the examples come from: exactly one of ``hub``, ``files`` or ``disk``."""
 
-    hub: Optional[str] = None
-    config: Optional[str] = None
-    revision: Optional[str] = None
-    files: Optional[Dict[str, str]] = None
-    format: Optional[Literal["csv", "json", "text", "parquet", "conll"]] = None
+    hub: Optional[str] = None  # a Hugging Face hub data set name (needs the network)
+    config: Optional[str] = None  # hub only: the data set's configuration
+    revision: Optional[str] = None  # hub only: a branch, tag or commit, for repeatable runs
+    files: Optional[Dict[str, str]] = None  # split -> local file (.jsonl, .csv, .txt, .parquet, .conll, or .gz of them); bundled:SET/FILE for the data inside the package
+    format: Optional[Literal["csv", "json", "text", "parquet", "conll"]] = None  # null: from the file extension
     columns: Optional[List[str]] = None  # conll: a name per column (default: tokens first, tags last)
-    disk: Optional[str] = None
-    validation_fraction: float = at_least(0.0, 0.1, high=0.9)
+    disk: Optional[str] = None  # a folder written by datasets' save_to_disk
+    validation_fraction: float = at_least(0.0, 0.1, high=0.9)  # carved from train, seeded, when no validation split is given
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 
 
@@ -54,36 +55,38 @@ class DataConfig:
 class EncoderConfig:
     """The shared RNN encoder every task builds on."""
 
-    cell: Literal["rnn", "lstm", "gru"] = "lstm"
-    embedding_dim: int = at_least(1, 128, high=65536)
-    hidden_size: int = at_least(1, 128, high=65536)
-    num_layers: int = at_least(1, 1, high=64)
-    bidirectional: bool = False
-    dropout: float = at_least(0.0, 0.0, high=1.0)
+    cell: Literal["rnn", "lstm", "gru"] = "lstm"  # the recurrent cell
+    embedding_dim: int = at_least(1, 128, high=65536)  # size of each token's vector
+    hidden_size: int = at_least(1, 128, high=65536)  # size of the state, per direction
+    num_layers: int = at_least(1, 1, high=64)  # stacked layers
+    bidirectional: bool = False  # also read right to left (not for language models)
+    dropout: float = at_least(0.0, 0.0, high=1.0)  # on the embeddings and between layers
 
 
 @dataclass
 class EarlyStoppingConfig:
     """Stop when a validation metric has not improved for ``patience`` evaluations."""
 
-    metric: str = "loss"
-    mode: Literal["auto", "min", "max"] = "auto"
-    patience: Optional[int] = at_least(1, None)
+    metric: str = "loss"  # the validation metric that picks best.pt
+    mode: Literal["auto", "min", "max"] = "auto"  # auto: min for loss, perplexity and bpc, max otherwise
+    patience: Optional[int] = at_least(1, None)  # evaluations without improvement before stopping; null: never stop early
 
 
 @dataclass
 class TrainConfig:
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = at_least(0.0, 1e-3, high=1e3)
-    weight_decay: float = at_least(0.0, 0.0)
-    momentum: float = at_least(0.0, 0.0, high=1.0)
-    batch_size: int = at_least(1, 32, high=1_000_000)
-    epochs: int = at_least(1, 10, high=1_000_000)
-    max_steps: Optional[int] = at_least(1, None)
-    max_minutes: Optional[float] = at_least(0.0, None)
-    grad_clip: Optional[float] = at_least(0.0, 5.0)
-    scheduler: Literal["none", "cosine", "plateau"] = "none"
-    warmup_steps: int = at_least(0, 0)
+    """How the model is optimised, for how long, and when it is evaluated."""
+
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"  # the torch.optim optimizer
+    lr: float = at_least(0.0, 1e-3, high=1e3)  # learning rate (the peak, with a scheduler)
+    weight_decay: float = at_least(0.0, 0.0)  # L2 penalty (decoupled for adamw)
+    momentum: float = at_least(0.0, 0.0, high=1.0)  # sgd only
+    batch_size: int = at_least(1, 32, high=1_000_000)  # examples (or LM streams) per step, over all processes
+    epochs: int = at_least(1, 10, high=1_000_000)  # passes over the training data
+    max_steps: Optional[int] = at_least(1, None)  # stop after this many steps, whatever the epochs
+    max_minutes: Optional[float] = at_least(0.0, None)  # stop after this much training time
+    grad_clip: Optional[float] = at_least(0.0, 5.0)  # clip the gradients' global norm; null: no clipping
+    scheduler: Literal["none", "cosine", "plateau"] = "none"  # learning-rate schedule
+    warmup_steps: int = at_least(0, 0)  # linear warm-up from 0 to lr
     eval_every: Optional[int] = at_least(1, None)  # steps; null = at the end of every epoch
     bucket: bool = True  # length-bucketed batches: little padding, same randomness
     # bf16: the training forward pass runs under torch.autocast in bfloat16 (weights, optimizer
@@ -100,9 +103,9 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    seed: int = at_least(0, 0)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    plugins: List[str] = field(default_factory=list)
+    seed: int = at_least(0, 0)  # seeds data order, initial weights and dropout: same seed, same run
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when there is a GPU
+    plugins: List[str] = field(default_factory=list)  # extra task plugins: .py files or module names
     task_options: Any = None  # the task's own dataclass, from the `task:` mapping
     source: Optional[str] = None  # the file it was read from
 
@@ -257,10 +260,17 @@ def apply_overrides(data: Dict[str, Any], overrides: Sequence[str], where: Locat
 # Step 4: validation
 # --------------------------------------------------------------------------
 def load_recipe(path: str, overrides: Sequence[str] = (), registry: Any = None) -> Recipe:
-    """Read, interpolate, override and validate a recipe file."""
+    """Read, interpolate, override and validate a recipe file, or a bundled recipe by name."""
     p = Path(path)
     if not p.is_file():
-        raise NlptkError(f"recipe {path} does not exist; give the path to a .yaml recipe (see recipes/ for examples)")
+        bundled = find_recipe(str(path))
+        if bundled is None:
+            names = ", ".join(recipe_files()) or "none"
+            raise NlptkError(
+                f"recipe {path} does not exist; give the path to a .yaml recipe or the name of a bundled one ({names}; see `nlptk recipes`)"
+            )
+        p = bundled
+        path = str(p)
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

@@ -25,8 +25,8 @@ Example = Tuple[List[int], Optional[int]]  # (token ids, label id; None when pre
 class SentimentOptions:
     """The recipe's `task:` section for this task."""
 
-    text_field: str = "text"
-    label_field: str = "label"
+    text_field: str = "text"  # the data field that holds the text
+    label_field: str = "label"  # the data field that holds the class (any strings or integers)
     dropout: float = 0.5  # on the text summary, before the classifier
     pooling: Literal["final", "max", "mean"] = "final"  # how the encoder's outputs become one summary
 

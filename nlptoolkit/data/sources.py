@@ -7,12 +7,14 @@ given, a seeded one is carved from train.
 from __future__ import annotations
 
 import codecs
+import gzip
 import json
 import logging
 import os
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
+from nlptoolkit.bundled import resolve_data_path
 from nlptoolkit.data.conll import load_conll
 from nlptoolkit.errors import NlptkError
 
@@ -36,16 +38,24 @@ def _one_line(exc: BaseException) -> str:
     return (text[:300] + "...") if len(text) > 300 else text
 
 
+def _open_bytes(path: Path) -> Any:
+    """A binary file object; ``.gz`` files are decompressed as they are read."""
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
 def _blank(path: Path) -> bool:
     """True for an empty or whitespace-only file (only small files are read)."""
     size = path.stat().st_size
-    return size == 0 or (size <= 4096 and not path.read_bytes().strip())
+    if size == 0:
+        return True
+    with _open_bytes(path) as f:
+        return size <= 4096 and not f.read(1_000_000).strip()
 
 
 def infer_format(paths: Dict[str, str], fmt: Optional[str], key: str = "data.format") -> str:
     if fmt:
         return fmt
-    suffixes = {Path(p).suffix.lower() for p in paths.values()}
+    suffixes = {Path(p[:-3] if p.endswith(".gz") else p).suffix.lower() for p in paths.values()}
     formats = {FORMATS.get(s) for s in suffixes}
     if len(formats) == 1 and None not in formats:
         return formats.pop()
@@ -53,8 +63,11 @@ def infer_format(paths: Dict[str, str], fmt: Optional[str], key: str = "data.for
 
 
 def load_files(files: Dict[str, str], fmt: Optional[str] = None, key: str = "data.files", columns: Optional[List[str]] = None) -> Any:
-    """Read local files, one per split, into a DatasetDict (``columns``: names of a CoNLL file's columns)."""
+    """Read local files, one per split, into a DatasetDict (``columns``: names of a CoNLL file's columns).
+
+    ``bundled:`` paths name files inside the package; ``.gz`` files are read compressed."""
     datasets = _quiet_datasets()
+    files = {split: resolve_data_path(str(path), f"{key}.{split}") for split, path in files.items()}
     for split, path in files.items():
         if not Path(path).is_file():
             hint = " (relative paths start from the current folder; set NLPTK_DATA to the shared data folder)" if not os.path.isabs(path) else ""
@@ -87,7 +100,7 @@ def check_json_lines(path: Path, key: str) -> None:
     ``null`` ends the process with a segmentation fault). A file holding one JSON
     array, or one pretty-printed object, is left to ``datasets`` as before.
     """
-    with open(path, "rb") as f:
+    with _open_bytes(path) as f:
         start = f.read(4096).lstrip(codecs.BOM_UTF8).lstrip()
         if start.startswith(b"["):
             return
@@ -118,7 +131,7 @@ def check_json_lines(path: Path, key: str) -> None:
 
 def _one_json_document(path: Path) -> bool:
     try:
-        with open(path, "rb") as f:
+        with _open_bytes(path) as f:
             json.loads(f.read().decode("utf-8-sig"))
         return True
     except (ValueError, RecursionError):
