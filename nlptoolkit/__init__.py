@@ -7,6 +7,9 @@ generating, :class:`CharEncoder` for character features of words, :class:`CRF`
 for a tag-sequence output layer), declare options with :func:`at_least` for
 bounded numbers, and use the data helpers for tokens, vocabularies and batches.
 Plugins import nothing else from nlptoolkit.
+
+For scripts and notebooks: :func:`train` a recipe, :func:`load` a run folder,
+then ``run.predict([...])`` and ``run.evaluate(files)`` (see ``nlptoolkit/api.py``).
 """
 from nlptoolkit.char_features import CharEncoder, char_batch
 from nlptoolkit.config_schema import at_least
@@ -19,6 +22,7 @@ from nlptoolkit.metrics import accuracy, classification_metrics, macro_f1
 from nlptoolkit.registry import register_task
 from nlptoolkit.stepper import Stepper
 from nlptoolkit.task import Task
+from nlptoolkit.api import Run, load, train
 
 __version__ = "0.1.0"
 __all__ = [
@@ -26,4 +30,5 @@ __all__ = [
     "Vocabulary", "Tokenizer", "build_tokenizer", "load_tokenizer", "column", "iter_column", "pad_batch", "BucketSampler",
     "accuracy", "macro_f1", "classification_metrics", "CRF", "CharEncoder", "char_batch", "at_least", "__version__",
     "feature_matrix", "read_feature_file",
+    "train", "load", "Run",
 ]

@@ -127,31 +127,15 @@ def evaluate(run_dir: str, files: Sequence[str], splits: Sequence[str], checkpoi
     With one --files or --split, --json prints {"metric": value, ...}; with
     several, {"split": {"metric": value}, ...}.
     """
-    from nlptoolkit.data.sources import load_files, load_splits
-    from nlptoolkit.runs import load_run
+    from nlptoolkit.api import load
 
-    recipe, task, model = load_run(run_dir, checkpoint)
     wanted = {}
     for item in files:
         if "=" not in item:
             raise NlptkError(f"--files {item}: expected SPLIT=FILE, for example --files test=data/test.jsonl")
         split, path = item.split("=", 1)
         wanted[split] = path
-    results = {}
-    if wanted:
-        loaded = load_files(wanted, recipe.data.format, key="--files", columns=recipe.data.columns)
-        task.sources = {split: f"{path} (--files {split})" for split, path in wanted.items()}
-        for split in wanted:
-            results[split] = task.evaluate(model, task.encode(loaded[split], split))
-    if splits or not wanted:
-        data = load_splits(recipe.data, recipe.seed, task.shuffle_split)
-        from nlptoolkit.runs import describe_sources
-
-        task.sources = describe_sources(recipe)
-        for split in splits or ["validation"]:
-            if split not in data:
-                raise NlptkError(f"--split {split}: the recipe's data has splits {', '.join(data)}; pick one of those")
-            results[split] = task.evaluate(model, task.encode(data[split], split))
+    results = load(run_dir, checkpoint).evaluate_many(wanted, list(splits) or ([] if wanted else ["validation"]))
     if as_json:
         click.echo(json.dumps(next(iter(results.values())) if len(results) == 1 else results))
     else:
@@ -170,7 +154,7 @@ def predict(run_dir: str, texts: Sequence[str], file: Optional[click.utils.LazyF
     One line per input, in input order; with --json one JSON object per line
     (for a classifier: input, label, probability, probabilities).
     """
-    from nlptoolkit.runs import load_run
+    from nlptoolkit.api import load
 
     inputs: List[str] = list(texts)
     if file is not None:
@@ -180,9 +164,9 @@ def predict(run_dir: str, texts: Sequence[str], file: Optional[click.utils.LazyF
     inputs = [t for t in inputs if t.strip()]
     if not inputs:
         raise NlptkError("predict: no input text; pass texts as arguments, --file FILE, or lines on stdin")
-    _, task, model = load_run(run_dir)
-    for result in task.predict(model, inputs):
-        click.echo(json.dumps(result, ensure_ascii=False) if as_json else task.format_prediction(result))
+    run = load(run_dir)
+    for result in run.predict(inputs):
+        click.echo(json.dumps(result, ensure_ascii=False) if as_json else run.format_prediction(result))
 
 
 @cli.command()
@@ -202,27 +186,14 @@ def generate(run_dir: str, prompt: str, max_tokens: int, temperature: float, top
     Example:
       nlptk generate runs/char_lm --prompt "ROMEO:" --max-tokens 500 --temperature 0.8 --top-k 20 --seed 1
     """
-    import torch
+    from nlptoolkit.api import load
 
-    if temperature < 0:
+    if temperature < 0:  # before loading the run: a mistake in the arguments is reported first
         raise NlptkError(f"--temperature {temperature}: must be 0 (greedy) or positive")
-    _, task, model = load_run_for_generation(run_dir)
-    if seed is not None:
-        torch.manual_seed(seed)
-    for piece in task.generate(model, prompt, max_tokens, temperature, top_k):
+    for piece in load(run_dir).generate_stream(prompt, max_tokens, temperature, top_k, seed):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
-
-
-def load_run_for_generation(run_dir: str):  # noqa: ANN201
-    from nlptoolkit.runs import load_run
-    from nlptoolkit.task import Task
-
-    recipe, task, model = load_run(run_dir)
-    if type(task).generate is Task.generate:
-        raise NlptkError(f"{run_dir} is a '{recipe.task}' run, which cannot generate text; give a language model run folder")
-    return recipe, task, model
 
 
 @cli.command(name="list")

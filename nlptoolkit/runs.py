@@ -11,9 +11,10 @@ A run folder holds everything needed to use a model later::
 """
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -23,7 +24,7 @@ from nlptoolkit.checkpoint import atomic_write_text, load_checkpoint
 from nlptoolkit.data.sources import load_splits
 from nlptoolkit.errors import NlptkError
 from nlptoolkit.precision import choose_precision
-from nlptoolkit.recipe import Recipe, load_recipe
+from nlptoolkit.recipe import Recipe, load_recipe, recipe_from_dict
 from nlptoolkit.registry import registry
 from nlptoolkit.trainer import Trainer, pick_device, seed_everything
 
@@ -52,7 +53,7 @@ def make_task(recipe: Recipe, run_dir: Optional[Path]) -> Any:
 
 
 def train(
-    recipe_path: str,
+    recipe_path: Union[str, Mapping[str, Any]],
     overrides: Sequence[str] = (),
     output_dir: Optional[str] = None,
     force: bool = False,
@@ -62,15 +63,20 @@ def train(
 ) -> Dict[str, Any]:
     """What `nlptk run` does: load, prepare data, build, train, summarise.
 
+    ``recipe_path`` is a recipe file, a bundled recipe's name, or a recipe as a mapping.
+
     ``allow_changes`` (``--override KEY``) names recipe keys that may differ from
     the saved recipe on ``--resume``.
     """
     proc = distributed.init_from_env()
-    recipe = load_recipe(recipe_path, overrides)
+    if isinstance(recipe_path, Mapping):
+        recipe = recipe_from_dict(copy.deepcopy(dict(recipe_path)), overrides)
+    else:
+        recipe = load_recipe(recipe_path, overrides)
     try:  # refuse an impossible bf16 before anything is written
         precision = choose_precision(recipe.train.precision, pick_device(recipe.device))
     except NlptkError as exc:
-        raise NlptkError(f"{recipe_path}: {exc}") from None
+        raise NlptkError(f"{recipe.source or 'recipe'}: {exc}") from None
     if resume:
         run_dir = Path(resume)
         payload = load_resume_checkpoint(run_dir)

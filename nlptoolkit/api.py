@@ -1,0 +1,165 @@
+"""The Python API: train, load and use a run from a notebook or a script.
+
+    import nlptoolkit
+    run = nlptoolkit.train("sentiment", overrides={"train.epochs": 1})
+    run = nlptoolkit.load("runs/sentiment")
+    run.predict(["a gorgeous, witty, seductive movie."])   # [{"input": ..., "label": ..., "probabilities": {...}}]
+    run.evaluate("test.jsonl")                              # {"accuracy": ..., "macro_f1": ..., "loss": ...}
+
+The `nlptk` commands are a thin layer over these functions: what the CLI
+prints is what they return.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+
+from nlptoolkit.errors import NlptkError
+
+PathLike = Union[str, "os.PathLike[str]"]
+Overrides = Union[Mapping[str, Any], Sequence[str], None]
+
+
+def override_strings(overrides: Overrides) -> List[str]:
+    """``{"train.epochs": 1}`` or ``["train.epochs=1"]`` as the ``--set`` strings the recipe loader reads."""
+    if overrides is None:
+        return []
+    if isinstance(overrides, Mapping):
+        return [f"{key}={json.dumps(value)}" for key, value in overrides.items()]  # JSON is YAML: types survive
+    if isinstance(overrides, str):
+        raise NlptkError(f"overrides: give a mapping such as {{'train.epochs': 1}} or a list of 'key=value' strings, not the string {overrides!r}")
+    return [str(o) for o in overrides]
+
+
+class Run:
+    """A finished run folder with its recipe, task and model loaded (from ``best.pt`` by default)."""
+
+    def __init__(self, path: PathLike, checkpoint: str = "best") -> None:
+        from nlptoolkit.runs import load_run
+
+        self.path = Path(path)
+        self.recipe, self.task, self.model = load_run(str(path), checkpoint)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, task={self.recipe.task!r})"
+
+    @property
+    def summary(self) -> Dict[str, Any]:
+        """``summary.json``: best and final validation metrics, steps, training seconds."""
+        file = self.path / "summary.json"
+        return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
+
+    # -- predict ----------------------------------------------------------------
+    def predict(self, texts: Union[str, Sequence[str]], **options: Any) -> Any:
+        """One JSON-able dict per input, in input order (a single string gives a single dict).
+
+        What a dict holds depends on the task: a classifier gives ``label``,
+        ``probability`` and ``probabilities``; see its ``predict``. ``options``
+        are the task's predict settings (a beam size, say).
+        """
+        single = isinstance(texts, str)
+        inputs = [texts] if single else list(texts)
+        if not inputs:
+            return []
+        bad = [i for i, t in enumerate(inputs) if not isinstance(t, str)]
+        if bad:
+            raise NlptkError(f"predict: input {bad[0]} is a {type(inputs[bad[0]]).__name__}; give strings")
+        results = self.task.predict(self.model, inputs, **options)
+        return results[0] if single else results
+
+    def format_prediction(self, result: Dict[str, Any]) -> str:
+        """The line `nlptk predict` prints for one result."""
+        return self.task.format_prediction(result)
+
+    # -- evaluate ---------------------------------------------------------------
+    def evaluate(self, files: Union[PathLike, Mapping[str, PathLike], None] = None, split: Optional[str] = None) -> Dict[str, Any]:
+        """Metrics on held-out data.
+
+        ``run.evaluate("test.jsonl")`` gives ``{"accuracy": ..., ...}`` for one
+        file (same format and fields as the training data); a mapping
+        ``{"test": "test.jsonl", ...}`` gives ``{"test": {...}, ...}``; with no
+        file, the recipe's own ``split`` (default ``validation``).
+        """
+        if files is not None and split is not None:
+            raise NlptkError("evaluate: give files or split, not both")
+        if isinstance(files, Mapping):
+            return self.evaluate_many(files=files)
+        if files is not None:
+            return self.evaluate_many(files={"test": files})["test"]
+        name = split or "validation"
+        return self.evaluate_many(splits=[name])[name]
+
+    def evaluate_many(self, files: Optional[Mapping[str, PathLike]] = None, splits: Sequence[str] = ()) -> Dict[str, Dict[str, Any]]:
+        """``{name: metrics}`` for each ``files`` entry and each of the recipe's ``splits``."""
+        from nlptoolkit.data.sources import load_files, load_splits
+        from nlptoolkit.runs import describe_sources
+
+        task, results = self.task, {}
+        wanted = {name: str(path) for name, path in (files or {}).items()}
+        if wanted:
+            loaded = load_files(wanted, self.recipe.data.format, key="--files", columns=self.recipe.data.columns)
+            task.sources = {name: f"{path} (--files {name})" for name, path in wanted.items()}
+            for name in wanted:
+                results[name] = task.evaluate(self.model, task.encode(loaded[name], name))
+        if splits:
+            data = load_splits(self.recipe.data, self.recipe.seed, task.shuffle_split)
+            task.sources = describe_sources(self.recipe)
+            for name in splits:
+                if name not in data:
+                    raise NlptkError(f"--split {name}: the recipe's data has splits {', '.join(data)}; pick one of those")
+                results[name] = task.evaluate(self.model, task.encode(data[name], name))
+        return results
+
+    # -- generate ---------------------------------------------------------------
+    def generate_stream(self, prompt: str = "", max_tokens: int = 200, temperature: float = 1.0,
+                        top_k: Optional[int] = None, seed: Optional[int] = None) -> Iterator[str]:
+        """Text pieces from a language model run as they are made (``temperature`` 0: greedy)."""
+        import torch
+
+        from nlptoolkit.task import Task
+
+        if type(self.task).generate is Task.generate:
+            raise NlptkError(f"{self.path} is a '{self.recipe.task}' run, which cannot generate text; give a language model run folder")
+        if temperature < 0:
+            raise NlptkError(f"--temperature {temperature}: must be 0 (greedy) or positive")
+        if seed is not None:
+            torch.manual_seed(seed)
+        return self.task.generate(self.model, prompt, max_tokens, temperature, top_k)
+
+    def generate(self, prompt: str = "", max_tokens: int = 200, temperature: float = 1.0,
+                 top_k: Optional[int] = None, seed: Optional[int] = None) -> str:
+        """The generated text after ``prompt``, as one string."""
+        return "".join(self.generate_stream(prompt, max_tokens, temperature, top_k, seed))
+
+
+def train(
+    recipe: Union[PathLike, Mapping[str, Any]],
+    overrides: Overrides = None,
+    output_dir: Optional[PathLike] = None,
+    force: bool = False,
+    quiet: bool = False,
+    resume: Optional[PathLike] = None,
+    allow_changes: Sequence[str] = (),
+) -> Run:
+    """Train a recipe and return the finished :class:`Run`.
+
+    ``recipe`` is a .yaml path, a bundled recipe's name (``"sentiment"``) or
+    the recipe itself as a mapping; ``overrides`` are ``--set`` values,
+    ``{"train.epochs": 1}``; the run folder is ``output_dir`` (default
+    ``runs/<name>``), never overwritten unless ``force``.
+    """
+    from nlptoolkit.runs import train as train_run
+
+    summary = train_run(
+        recipe if isinstance(recipe, Mapping) else str(recipe), override_strings(overrides),
+        None if output_dir is None else str(output_dir), force, quiet,
+        None if resume is None else str(resume), allow_changes,
+    )
+    return Run(summary["run_dir"])
+
+
+def load(run_dir: PathLike, checkpoint: str = "best") -> Run:
+    """A finished run folder (written by `nlptk run` or :func:`train`), ready to predict and evaluate."""
+    return Run(run_dir, checkpoint)
