@@ -151,8 +151,10 @@ class Trainer:
             if step < warmup:
                 return (step + 1) / warmup
             if cfg.scheduler == "cosine":
-                progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-                return 0.5 * (1.0 + math.cos(math.pi * progress))
+                # the decay ends where training ends: at the step horizon, or at max_minutes
+                # when the clock runs out first (a slower machine takes fewer steps, same curve)
+                progress = max((step - warmup) / max(1, total_steps - warmup), self._time_progress)
+                return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
             return 1.0
 
         return torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
@@ -259,7 +261,7 @@ class Trainer:
         cfg, state, task = self.cfg, self.state, self.task
         stopped = "completed"
         signal_at = _test_signal_at_step()
-        start = time.perf_counter() - state.train_seconds
+        start = self._start = time.perf_counter() - state.train_seconds
         self.model.train()
         while state.epoch < cfg.epochs and not state.finished:
             batches = task.batches(train, train=True, epoch=state.epoch, rank=self.rank, world_size=self.world_size)
@@ -330,10 +332,29 @@ class Trainer:
             raise self._not_finite(f"the gradient norm became {float(norm)}")
         self.optimizer.step()
         if self.scheduler is not None and not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self._time_progress = self._elapsed_fraction()
             self.scheduler.step()
         state.loss_sum += value
         state.loss_count += 1
         return value
+
+    _time_progress = 0.0  # the fraction of max_minutes used, as the cosine schedule last saw it
+    _start: Optional[float] = None  # perf_counter() at the start of training, less the time of a resumed run
+
+    def _elapsed_fraction(self) -> float:
+        """Fraction of ``max_minutes`` used so far (0 without it), rank 0's clock on every process.
+
+        Every process must train with the same learning rate, so with several
+        processes rank 0's reading is broadcast (8 bytes a step).
+        """
+        if self.cfg.max_minutes is None or self._start is None:
+            return 0.0
+        fraction = (time.perf_counter() - self._start) / max(self.cfg.max_minutes * 60, 1e-9)
+        if self.world_size > 1:
+            shared = torch.tensor([fraction], dtype=torch.float64, device=self.device)
+            torch.distributed.broadcast(shared, src=0)
+            fraction = float(shared[0])
+        return fraction
 
     def _not_finite(self, what: str) -> NlptkError:
         """Stop before a bad update; last.pt (if any) still holds the last good state."""
