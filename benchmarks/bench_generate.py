@@ -1,27 +1,34 @@
-"""Time text generation at batch 1: characters per second, and linear in length.
+"""Time text generation at batch 1: characters per second, the machine's ceilings, and the product kernels.
 
 Setup: the model of recipes/char_lm.yaml (2-layer LSTM, hidden 512,
-embedding 128, 69 tokens), random weights unless ``--run`` names a trained
-run folder (speed does not depend on the weights). Every method samples at
-temperature 0.8 after the prompt "ROMEO:", on one thread, with the same
+embedding 128, 65 characters), random weights unless ``--run`` names a
+trained run folder (speed does not depend on the weights). Generation samples
+at temperature 0.8 after the prompt "ROMEO:", on one thread, with the same
 weights; one warm-up, then ``--repeats`` rounds that interleave the methods
-(so a change in machine load hits all alike), median reported.
+(so a change in machine load hits all alike), medians reported.
 
-Methods, all measured in this run:
-- ``nn.LSTM`` per token: the hand-written loop a lecture would write, one
-  ``nn.LSTM`` call per new token with the carried state (the baseline);
-- ``RNNEncoder.step``: the encoder's differentiable single step;
-- ``nlptk generate``: ``task.generate``, the command's code path (a Stepper).
+Printed, all measured in this run:
+- the CPU: model, flags (AVX2, AVX-512, AVX512-BF16, AMX), the kernels torch
+  uses, and any ISA limits set in the environment (MKL_ENABLE_INSTRUCTIONS,
+  ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA: set them to act like an older CPU);
+- bandwidth ceilings: a 256 MB copy (main memory) and a read of a buffer as
+  big as the weights one step reads (caches, if they hold it), with the steps
+  per second each would allow if a step cost nothing but reading its weights;
+- the products of one step made each way ``nlptoolkit/matvec.py`` knows,
+  on 1 and 2 threads, and the way ``Stepper`` measured and chose;
+- generation: one ``nn.LSTM`` call per token (the hand-written baseline),
+  ``RNNEncoder.step``, the ``Stepper`` with its products forced to the plain
+  default way, and ``nlptk generate`` (``task.generate``, a ``Stepper`` that
+  picks its products by measurement).
 
-Target (issue 3): >= 2,000 chars/s, and 10x the characters taking about 10x
-the time (each new token is one step from the carried state; re-reading the
-prefix would make it quadratic). The last line gives the machine's ceiling
-right now: the plain matrix-vector products of the weights a Stepper reads.
-On shared cores it moves with the neighbours' load, so read the speeds
-against it.
+Target (issues 3 and 9): >= 2,000 chars/s, and 10x the characters taking
+about 10x the time. On shared cores the numbers move with the neighbours'
+load: read the speeds against the ceilings measured in the same run.
 
-    python benchmarks/bench_generate.py                     # markdown table
+    python benchmarks/bench_generate.py                     # markdown tables
     python benchmarks/bench_generate.py --run runs/char_lm  # a trained model
+    MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 \
+        python benchmarks/bench_generate.py                 # as on an AVX2-only CPU
     python benchmarks/bench_generate.py --json              # one JSON object
 """
 from __future__ import annotations
@@ -39,8 +46,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import environment, markdown_table  # noqa: E402
-from nlptoolkit import Stepper  # noqa: E402
+from common import cpu, cpu_line, environment, markdown_table  # noqa: E402
+from nlptoolkit import Stepper, matvec  # noqa: E402
 from nlptoolkit.recipe import load_recipe  # noqa: E402
 from nlptoolkit.runs import load_run, make_task  # noqa: E402
 
@@ -97,44 +104,95 @@ def methods(task: Any, model: Any) -> Dict[str, Callable[[int], None]]:
     def run(step: Callable) -> Callable[[int], None]:
         return torch.no_grad()(lambda length: sampling_loop(step, decoder, first, length))
 
+    def default_products(length: int) -> None:
+        with matvec.forced(matvec.DEFAULT):
+            nlptk_generate(length)
+
     return {
         "nn.LSTM per token (hand-written baseline)": run(lstm_step),
         "RNNEncoder.step (differentiable)": run(lambda t, s: model.encoder.step(t.view(1), s)),
-        "nlptk generate (Stepper)": nlptk_generate,
+        f"Stepper, products forced to {matvec.DEFAULT}": default_products,
+        GENERATE: nlptk_generate,
     }
 
 
-def matvec_ceiling(model: Any, steps: int = 300) -> float:
-    """Steps per second of the Stepper's matrix products alone: no cell arithmetic, no sampling, no Python."""
-    stepper = Stepper(model.encoder)
-    mats = [m for layer in stepper.layers for m in ([layer.weight] if hasattr(layer, "weight") else [layer.w_hh])]
-    mats.append(model.decoder.weight.detach().t().contiguous())
-    rows = [torch.randn(1, m.shape[0]) for m in mats]
-    start = time.perf_counter()
-    for _ in range(steps):
-        for m, r in zip(mats, rows):
-            r @ m
-    return steps / (time.perf_counter() - start)
+GENERATE = "nlptk generate (Stepper, products measured)"
 
 
-def one_thread_timings(fns: Dict[str, Callable[[int], None]], lengths: Dict[str, List[int]], ceiling: Callable[[], float],
-                       repeats: int) -> Dict[Any, List[float]]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # as `nlptk generate` does
-    try:
-        for name, fn in fns.items():
-            fn(200)  # warm-up
-        seconds: Dict[Any, List[float]] = {(name, n): [] for name in fns for n in lengths[name]}
-        seconds["ceiling"] = []
-        for _ in range(repeats):
-            for (name, n) in [k for k in seconds if k != "ceiling"]:
-                start = time.perf_counter()
-                fns[name](n)
-                seconds[(name, n)].append(time.perf_counter() - start)
-            seconds["ceiling"].append(ceiling())
-        return seconds
-    finally:
-        torch.set_num_threads(before)
+def step_weights(model: Any) -> List[torch.Tensor]:
+    """The (out, in) matrices one generation step multiplies by: what a Stepper keeps, and the output layer."""
+    mats = []
+    for k, (rnn,) in enumerate(model.encoder.layers):
+        if k == 0 and model.encoder.embedding is not None:  # the input product is a table lookup
+            mats.append(rnn.weight_hh_l0.detach())
+        else:
+            mats.append(torch.cat([model.encoder.input_weight(k), rnn.weight_hh_l0], dim=1).detach())
+    return mats + [model.decoder.weight.detach()]
+
+
+def interleaved(fns: Dict[Any, Callable[[], float]], repeats: int) -> Dict[Any, float]:
+    """Median over ``repeats`` rounds of each function's own reading, the functions taking turns."""
+    readings: Dict[Any, List[float]] = {key: [] for key in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            readings[key].append(fn())
+    return {key: statistics.median(values) for key, values in readings.items()}
+
+
+def seconds_per_call(fn: Callable[[], Any], calls: int) -> Callable[[], float]:
+    def reading() -> float:
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        return (time.perf_counter() - start) / calls
+    return reading
+
+
+def bandwidth(step_bytes: int, repeats: int) -> Dict[str, float]:
+    """GB/s of a 256 MB copy (read + write) and of reading a step-sized buffer, one thread."""
+    big = torch.ones(64 * 2**20)  # 256 MB
+    big_out = torch.empty_like(big)
+    step_sized = torch.ones(step_bytes // 4)
+    seconds = interleaved({
+        "copy": seconds_per_call(lambda: big_out.copy_(big), 3),
+        "read": seconds_per_call(lambda: step_sized.sum(), 30),
+    }, repeats)
+    return {"copy_gb_per_s": 2 * big.numel() * 4 / seconds["copy"] / 1e9, "read_gb_per_s": step_bytes / seconds["read"] / 1e9}
+
+
+def product_timings(weights: List[torch.Tensor], repeats: int, threads: List[int]) -> Dict[Any, float]:
+    """Seconds for one step's products made each way, at each thread count; the ways this machine lacks are left out."""
+    fns: Dict[Any, Callable[[], float]] = {}
+    for way, timing in matvec.measure(weights[0], timer=lambda *a: 0.0).items():
+        if timing is None:
+            continue
+        products = [(matvec.WAYS[way](w), torch.randn(1, w.shape[1]), torch.randn(w.shape[0])) for w in weights]
+
+        def one_step(products=products) -> None:
+            for product, x, bias in products:
+                product(x, bias)
+
+        for n in threads:
+            def reading(n=n, one_step=one_step) -> float:
+                torch.set_num_threads(n)
+                return seconds_per_call(one_step, 50)()
+            fns[(way, n)] = reading
+    with torch.no_grad():
+        for fn in fns.values():
+            fn()  # warm-up
+        return interleaved(fns, repeats)
+
+
+def generation_timings(fns: Dict[str, Callable[[int], None]], lengths: Dict[str, List[int]], repeats: int) -> Dict[Any, List[float]]:
+    for fn in fns.values():
+        fn(200)  # warm-up (and the Stepper's one-off measurement of its products)
+    seconds: Dict[Any, List[float]] = {(name, n): [] for name in fns for n in lengths[name]}
+    for _ in range(repeats):
+        for (name, n) in seconds:
+            start = time.perf_counter()
+            fns[name](n)
+            seconds[(name, n)].append(time.perf_counter() - start)
+    return seconds
 
 
 def main() -> None:
@@ -150,12 +208,24 @@ def main() -> None:
         _, task, model = load_run(args.run)
     else:
         task, model = random_char_model(args.recipe)
-    fns = methods(task, model)
-    short, long = args.lengths
-    lengths = {name: [short] for name in fns}
-    lengths["nlptk generate (Stepper)"] = [short, long]
-    seconds = one_thread_timings(fns, lengths, lambda: matvec_ceiling(model), args.repeats)
-    ceiling = statistics.median(seconds.pop("ceiling"))
+    weights = step_weights(model)
+    step_bytes = sum(w.numel() * w.element_size() for w in weights)
+    threads_before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # as `nlptk generate` does
+        ceilings = bandwidth(step_bytes, args.repeats)
+        products = product_timings(weights, args.repeats, threads=[1, 2])
+        torch.set_num_threads(1)
+        chosen = Stepper(model.encoder)
+        chosen_ways = sorted({way for layer in chosen.layers for way in layer.ways})
+        fns = methods(task, model)
+        short, long = args.lengths
+        lengths = {name: [short] for name in fns}
+        lengths[GENERATE] = [short, long]
+        with torch.no_grad():
+            seconds = generation_timings(fns, lengths, args.repeats)
+    finally:
+        torch.set_num_threads(threads_before)
 
     baseline = statistics.median(seconds[("nn.LSTM per token (hand-written baseline)", short)])
     rows: List[Dict[str, Any]] = []
@@ -163,31 +233,50 @@ def main() -> None:
         median = statistics.median(values)
         rows.append({"method": name, "chars": n, "median_seconds": median, "chars_per_second": n / median,
                      "speedup_vs_baseline": (baseline / short) / (median / n), "all_seconds": values})
-    ours = [r for r in rows if r["method"] == "nlptk generate (Stepper)"]
+    ours = [r for r in rows if r["method"] == GENERATE]
+    product_rows = [{"way": way, "threads": n, "step_ms": t * 1e3, "steps_per_second": 1 / t, "gb_per_s": step_bytes / t / 1e9}
+                    for (way, n), t in sorted(products.items(), key=lambda kv: (kv[0][1], kv[1]))]
     result = {
         **environment(),
+        **cpu(),
         "generation_threads": 1,
         "model": "trained run " + args.run if args.run else f"{args.recipe} (random weights)",
         "repeats": args.repeats,
+        "step_megabytes": step_bytes / 1e6,
+        **ceilings,
+        "read_ceiling_steps_per_second": ceilings["read_gb_per_s"] * 1e9 / step_bytes,
+        "copy_ceiling_steps_per_second": ceilings["copy_gb_per_s"] / 2 * 1e9 / step_bytes,
+        "products": product_rows,
+        "stepper_ways": chosen_ways,
         "rows": rows,
         "time_ratio": ours[1]["median_seconds"] / ours[0]["median_seconds"],
         "length_ratio": long / short,
         "min_chars_per_second": min(r["chars_per_second"] for r in ours),
-        "matvec_ceiling_steps_per_second": ceiling,
         "target_chars_per_second": TARGET_CHARS_PER_SECOND,
     }
     if args.json:
         print(json.dumps(result))
         return
     print(f"generation at batch 1, temperature {TEMPERATURE}: {result['model']}")
-    print(f"machine: {result['machine']}, torch {result['torch']}, generation on 1 thread, median of {args.repeats}\n")
+    print(f"machine: {result['machine']}, torch {result['torch']}, generation on 1 thread, medians of {args.repeats}")
+    print(cpu_line(result) + "\n")
+    print(f"one step reads {result['step_megabytes']:.1f} MB of fp32 weights. Ceilings (1 thread): "
+          f"256 MB copy {result['copy_gb_per_s']:.1f} GB/s (read+write) = {result['copy_ceiling_steps_per_second']:,.0f} steps/s "
+          f"from main memory; reading a {result['step_megabytes']:.0f} MB buffer {result['read_gb_per_s']:.1f} GB/s "
+          f"= {result['read_ceiling_steps_per_second']:,.0f} steps/s\n")
+    print(markdown_table(
+        ["one step's products, made by", "threads", "ms a step", "steps/s", "GB/s of weights"],
+        [[r["way"] + (" (chosen)" if r["way"] in chosen_ways and r["threads"] == 1 else ""), r["threads"],
+          f"{r['step_ms']:.3f}", f"{r['steps_per_second']:,.0f}", f"{r['gb_per_s']:.1f}"] for r in product_rows],
+    ))
+    print()
     print(markdown_table(
         ["method", "chars", "median seconds", "chars/s", "speed vs nn.LSTM loop"],
         [[r["method"], f"{r['chars']:,}", f"{r['median_seconds']:.3f}", f"{r['chars_per_second']:,.0f}",
           f"{r['speedup_vs_baseline']:.2f}x"] for r in rows],
     ))
-    print(f"\nceiling now (the Stepper's matrix products alone, no cell arithmetic or sampling): {ceiling:,.0f} steps/s")
     met = result["min_chars_per_second"] >= TARGET_CHARS_PER_SECOND
+    print(f"\nthe Stepper chose: {', '.join(chosen_ways)}")
     print(f"nlptk generate: {long:,} / {short:,} chars take {result['time_ratio']:.2f}x the time (linear: {long / short:.0f}x); "
           f"target >= {TARGET_CHARS_PER_SECOND:,} chars/s: {'met' if met else 'NOT met'}")
 

@@ -24,6 +24,41 @@ def environment(device: str = "cpu") -> Dict[str, object]:
     }
 
 
+# The CPU features that decide which kernels run: vector width, and native bf16 / AMX.
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+# Variables that make MKL, PyTorch's own kernels and oneDNN act as on an older CPU.
+ISA_VARIABLES = ("MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+
+
+def cpu() -> Dict[str, object]:
+    """The CPU model, which of CPU_FLAGS it has, what torch's kernels use, and any ISA limits set."""
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:  # not Linux: the model from platform, flags unknown
+        pass
+    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "unknown")()
+    return {
+        "cpu": model,
+        "cpu_flags": [f for f in CPU_FLAGS if f in flags],
+        "torch_cpu_capability": capability,
+        "isa_limits": {k: os.environ[k] for k in ISA_VARIABLES if k in os.environ},
+    }
+
+
+def cpu_line(info: Dict[str, object]) -> str:
+    limits = " ".join(f"{k}={v}" for k, v in info["isa_limits"].items()) or "none"
+    return (f"CPU: {info['cpu']}; flags: {' '.join(info['cpu_flags']) or 'none of ' + '/'.join(CPU_FLAGS)}; "
+            f"torch kernels: {info['torch_cpu_capability']}; ISA limits: {limits}")
+
+
 def header(env: Dict[str, object], repeats: int) -> str:
     return f"{env['machine']}; torch {env['torch']}; {env['threads']} threads; device {env['device']}; median of {repeats} repeats"
 

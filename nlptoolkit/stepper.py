@@ -17,11 +17,13 @@ weights are fixed, so two things can be done once, before the loop:
    is computed for every token once (a vocabulary-by-gates table) and a step
    reads one row of it instead of the whole ``W_ih``.
 
-The matrices are also stored transposed (see ``_FrozenLayer``). The
+Each product is made the way that is fastest on this machine, chosen by a
+short measurement the first time a shape is seen (``nlptoolkit/matvec.py``):
+which library streams weights fastest at batch 1 differs from CPU to CPU. The
 arithmetic is the encoder's (``cell_update``), in eval mode: no dropout, no
-gradients. ``benchmarks/bench_generate.py`` measures it: on 2 CPU cores a
-2x512 char LSTM generates about 2,200 characters a second this way, against
-1,150 with ``RNNEncoder.step`` and 250 with one ``nn.LSTM`` call per token.
+gradients. ``benchmarks/bench_generate.py`` measures it against
+``RNNEncoder.step`` and one ``nn.LSTM`` call per token, and prints the
+machine's CPU and bandwidth beside the speeds.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from nlptoolkit.encoder import RNNEncoder, State, step_layers
+from nlptoolkit.matvec import pick_product
 
 # The first layer's token table is built when it is at most this big: a
 # 10,000-word vocabulary with 256 LSTM units needs 41 MB.
@@ -39,33 +42,33 @@ MAX_TABLE_BYTES = 64 * 2**20
 
 
 class _FrozenLayer:
-    """One layer's weights, arranged for single steps.
-
-    Matrices are stored transposed, (in, out), and used as ``x @ W``: with one
-    input row that reads the weights in memory order, about 10% faster on a
-    CPU than ``F.linear``'s ``x @ W.T`` (measured with benchmarks/
-    bench_generate.py's model).
-    """
+    """One layer's weights, each product prepared the fastest way here (see ``pick_product``)."""
 
     def __init__(self, cell: str, w_ih: Tensor, b_ih: Tensor, w_hh: Tensor, b_hh: Tensor, table: Optional[Tensor]) -> None:
         self.table = table  # (vocab, gates): W_ih x + b_ih (+ b_hh when fused) for every token x
         self.fused = cell != "gru"
+        self.ways: List[str] = []  # the way each product is made, for the curious and the benchmark
         if self.fused and table is None:
-            self.weight = torch.cat([w_ih, w_hh], dim=1).t().contiguous()  # [W_ih | W_hh], transposed
+            self.both = self._prepare(torch.cat([w_ih, w_hh], dim=1))  # [W_ih | W_hh]
             self.bias = b_ih + b_hh
         else:  # the state's product alone (with a table, the input's is a lookup)
-            self.w_hh, self.b_hh = w_hh.t().contiguous(), b_hh
+            self.from_state, self.b_hh = self._prepare(w_hh), b_hh
             if table is None:
-                self.w_ih, self.b_ih = w_ih.t().contiguous(), b_ih
+                self.from_input, self.b_ih = self._prepare(w_ih), b_ih
+
+    def _prepare(self, weight: Tensor):
+        way, product = pick_product(weight)
+        self.ways.append(way)
+        return product
 
     def gates(self, x: Tensor, h: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         """(from_input, from_state) for ``cell_update``; from_state is None when fused into the first."""
         if self.fused:
             if self.table is not None:
-                return torch.addmm(self.table[x], h, self.w_hh), None
-            return torch.addmm(self.bias, torch.cat([x, h], dim=1), self.weight), None
-        from_input = self.table[x] if self.table is not None else torch.addmm(self.b_ih, x, self.w_ih)
-        return from_input, torch.addmm(self.b_hh, h, self.w_hh)
+                return self.from_state(h, self.table[x]), None
+            return self.both(torch.cat([x, h], dim=1), self.bias), None
+        from_input = self.table[x] if self.table is not None else self.from_input(x, self.b_ih)
+        return from_input, self.from_state(h, self.b_hh)
 
 
 class Stepper:

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from nlptoolkit import RNNEncoder, Stepper
+from nlptoolkit import matvec
 from nlptoolkit import stepper as stepper_module
 
 
@@ -69,3 +70,26 @@ def test_stepper_snapshots_the_weights():
 def test_stepper_refuses_bidirectional():
     with pytest.raises(ValueError, match="unidirectional"):
         Stepper(RNNEncoder("lstm", 4, 1, True, input_size=3))
+
+
+@pytest.mark.parametrize("way", list(matvec.WAYS))
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("table", [True, False])
+def test_every_product_way_gives_the_forward_outputs(way, cell, table, monkeypatch):
+    """Whichever way the measurement picks on a user's CPU, the stepper equals forward() (batch 1 and 3)."""
+    if matvec.measure(torch.randn(8, 4), ways=[way], timer=lambda *a: 1.0)[way] is None:
+        pytest.skip(f"{way} is not available in this torch build or on this CPU")
+    if not table:
+        monkeypatch.setattr(stepper_module, "MAX_TABLE_BYTES", 0)
+    torch.manual_seed(14)
+    enc = RNNEncoder(cell, 8, 2, False, vocab_size=13, embedding_dim=6).eval()
+    with matvec.forced(way):
+        step = Stepper(enc)
+    assert {w for layer in step.layers for w in layer.ways} == {way}
+    for batch in (1, 3):
+        tokens = torch.randint(1, 13, (batch, 5))
+        start = enc(torch.randint(1, 13, (batch, 2))).state
+        whole = enc(tokens, state=start)
+        outputs, state = run_steps(step, tokens, start)
+        torch.testing.assert_close(outputs, whole.outputs, atol=1e-5, rtol=0)
+        assert_states_close(state, whole.state)

@@ -1,0 +1,157 @@
+"""Products for single steps at inference, and a short measurement that picks the fastest here.
+
+At batch 1 a product ``bias + x W^T`` does two flops per weight it reads, so
+its speed is how fast the library streams the weights. That depends on the
+library and the CPU far more than one would guess. The torch CPU wheel does
+its fp32 products with Intel MKL, which takes generic code paths on some
+CPUs (AMD's among them) and tuned ones on others; oneDNN and MKL's packed
+format read the same weights in other orders. No one choice is fastest
+everywhere, so :func:`pick_product` times each way on the weights it will
+serve, checks that each gives the right answer, and keeps the fastest: detect,
+fall back, and measure rather than guess. The choice is cached per process
+(by shape, dtype, device and thread count), so it is paid once, ~10-50 ms.
+
+A way is a function ``prepare(weight) -> product``: ``weight`` is (out, in)
+as in ``nn.Linear``, and ``product(x, bias)`` returns ``bias + x @ weight.T``
+for ``x`` (B, in) and ``bias`` (out,) or (B, out). Ways that this torch build
+or CPU lacks fail in ``prepare`` or in the check, and drop out.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from contextlib import contextmanager
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+Product = Callable[[Tensor, Tensor], Tensor]
+Prepare = Callable[[Tensor], Product]
+
+
+def _addmm_transposed(weight: Tensor) -> Product:
+    """Weights stored (in, out): one input row reads them in memory order."""
+    stored = weight.t().contiguous()
+    return lambda x, bias: torch.addmm(bias, x, stored)
+
+
+def _addmm(weight: Tensor) -> Product:
+    """Weights as ``nn.Linear`` keeps them, (out, in): what ``F.linear`` does, bias of any shape."""
+    stored = weight.contiguous()
+    return lambda x, bias: torch.addmm(bias, x, stored.t())
+
+
+def _mkl_packed(weight: Tensor) -> Product:
+    """MKL's packed GEMM format (``cblas_sgemm_pack``), packed for batch 1."""
+    stored = weight.contiguous()
+    packed = torch.ops.mkl._mkl_reorder_linear_weight(stored, 1)
+
+    def product(x: Tensor, bias: Tensor) -> Tensor:
+        if x.requires_grad and torch.is_grad_enabled():  # the packed op has no backward
+            return torch.addmm(bias, x, stored.t())
+        return torch.ops.mkl._mkl_linear(x, packed, stored, None, 1).add_(bias)
+
+    return product
+
+
+def _onednn(weight: Tensor) -> Product:
+    """oneDNN's inner product on weights reordered once into its blocked layout for batch 1."""
+    stored = weight.contiguous()
+    packed = torch.ops.mkldnn._reorder_linear_weight(stored, 1)
+
+    def product(x: Tensor, bias: Tensor) -> Tensor:
+        if x.requires_grad and torch.is_grad_enabled():  # the packed op has no backward
+            return torch.addmm(bias, x, stored.t())
+        return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "").add_(bias)
+
+    return product
+
+
+# The ways, in order of preference on a tie (the first is the plain-PyTorch default, the fallback
+# that works on every device and build).
+WAYS: Dict[str, Prepare] = {
+    "addmm, weights (in, out)": _addmm_transposed,
+    "addmm, weights (out, in)": _addmm,
+    "MKL packed": _mkl_packed,
+    "oneDNN": _onednn,
+}
+DEFAULT = "addmm, weights (in, out)"
+
+Timer = Callable[[str, Product, Tensor, Tensor], float]
+_chosen: Dict[Tuple, str] = {}
+_forced: Optional[str] = None
+
+
+@contextmanager
+def forced(name: str) -> Iterator[None]:
+    """Make every product ``name``'s way, unmeasured, while inside (benchmarks, tests, debugging)."""
+    global _forced
+    if name not in WAYS:
+        raise ValueError(f"unknown way {name!r}; one of {', '.join(WAYS)}")
+    before, _forced = _forced, name
+    try:
+        yield
+    finally:
+        _forced = before
+
+
+def _seconds_per_call(name: str, product: Product, x: Tensor, bias: Tensor, rounds: int = 5, budget: float = 0.002) -> float:
+    """Median over ``rounds`` of the time per call, each round ~``budget`` seconds."""
+    start = time.perf_counter()
+    product(x, bias)
+    calls = max(1, min(200, int(budget / max(time.perf_counter() - start, 1e-6))))
+    per_call: List[float] = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(calls):
+            product(x, bias)
+        per_call.append((time.perf_counter() - start) / calls)
+    return statistics.median(per_call)
+
+
+def measure(weight: Tensor, ways: Optional[Iterable[str]] = None, timer: Timer = _seconds_per_call) -> Dict[str, Optional[float]]:
+    """Seconds per call of each way on ``weight`` at batch 1; None for a way that fails or is wrong here.
+
+    "Wrong" means further from the float64 product than float32 rounding
+    explains (1e-4 of the largest output).
+    """
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1, weight.shape[1], generator=generator).to(weight)
+    bias = torch.randn(weight.shape[0], generator=generator).to(weight)
+    want = (bias.double() + x.double() @ weight.double().t()).to(weight.dtype)
+    tolerance = 1e-4 * max(1.0, float(want.abs().max()))
+    results: Dict[str, Optional[float]] = {}
+    with torch.no_grad():
+        for name in ways if ways is not None else WAYS:
+            try:
+                product = WAYS[name](weight)
+                ok = float((product(x, bias) - want).abs().max()) <= tolerance
+            except (RuntimeError, AttributeError, NotImplementedError):  # not in this build, or not on this CPU
+                ok = False
+            results[name] = timer(name, product, x, bias) if ok else None
+    return results
+
+
+def pick_product(weight: Tensor, timer: Timer = _seconds_per_call) -> Tuple[str, Product]:
+    """The fastest correct way to multiply by ``weight`` at batch 1 on this machine, prepared.
+
+    On a GPU the plain default (its products are not memory-bound the same
+    way, and timing them needs synchronisation): no measurement.
+    """
+    if _forced is not None:
+        return _forced, WAYS[_forced](weight)
+    if weight.device.type != "cpu":
+        return DEFAULT, WAYS[DEFAULT](weight)
+    key = (tuple(weight.shape), weight.dtype, torch.get_num_threads())
+    if key not in _chosen:
+        timings = measure(weight, timer=timer)
+        working = {name: t for name, t in timings.items() if t is not None}
+        _chosen[key] = min(working, key=working.__getitem__) if working else DEFAULT
+    name = _chosen[key]
+    return name, WAYS[name](weight)
+
+
+def forget_choices() -> None:
+    """Measure again next time (after the machine's load or thread count changed)."""
+    _chosen.clear()
