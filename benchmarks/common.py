@@ -32,23 +32,19 @@ ISA_VARIABLES = ("MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_C
 
 def cpu() -> Dict[str, object]:
     """The CPU model, which of CPU_FLAGS it has, what torch's kernels use, and any ISA limits set."""
-    model, flags = platform.processor() or "unknown", set()
+    from nlptoolkit.precision import aten_capability, cpu_flags
+
+    model = platform.processor() or "unknown"
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-                    break
-    except OSError:  # not Linux: the model from platform, flags unknown
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            model = next((line.partition(":")[2].strip() for line in f if line.startswith("model name")), model)
+    except OSError:  # not Linux: the model as platform names it
         pass
-    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "unknown")()
+    flags = cpu_flags()
     return {
         "cpu": model,
         "cpu_flags": [f for f in CPU_FLAGS if f in flags],
-        "torch_cpu_capability": capability,
+        "torch_cpu_capability": aten_capability(),
         "isa_limits": {k: os.environ[k] for k in ISA_VARIABLES if k in os.environ},
     }
 
