@@ -52,16 +52,16 @@ def cli(plugins: Sequence[str], debug: bool) -> None:
 
 
 @cli.command()
-@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("recipe", type=click.Path(dir_okay=False), required=False)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key, e.g. --set train.epochs=3 --set encoder.cell=gru.")
 @click.option("--output-dir", type=click.Path(file_okay=False), help="Run folder to write (default: runs/<recipe name>).")
 @click.option("--force", is_flag=True, help="Replace the run folder if it already exists.")
-@click.option("--resume", type=click.Path(file_okay=False), metavar="RUN_DIR", help="Continue an interrupted run from its last.pt.")
+@click.option("--resume", type=click.Path(file_okay=False), metavar="RUN_DIR", help="Continue an interrupted run from its last.pt (with no RECIPE: the run folder's own recipe.yaml).")
 @click.option("--override", "allow_changes", multiple=True, metavar="KEY", help="With --resume: accept that recipe KEY (or a section) differs from the saved recipe (repeatable).")
-@click.option("--quiet", is_flag=True, help="No progress bars: one plain line per evaluation (good for log files).")
+@click.option("--quiet", is_flag=True, help="Only one line per evaluation. Without it a terminal shows a progress bar, and a log file (stderr redirected) gets plain lines: one per evaluation and one every 30 s.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True, help="Train with N processes (torch.distributed, DDP); train.batch_size is the global batch.")
 def run(
-    recipe: str, overrides: Sequence[str], output_dir: Optional[str], force: bool, resume: Optional[str],
+    recipe: Optional[str], overrides: Sequence[str], output_dir: Optional[str], force: bool, resume: Optional[str],
     allow_changes: Sequence[str], quiet: bool, nproc: int,
 ) -> None:
     """Train RECIPE (a .yaml file, or a bundled recipe's name), evaluate it, and write a run folder.
@@ -69,15 +69,20 @@ def run(
     The folder (default runs/<name>) gets recipe.yaml, metrics.jsonl,
     summary.json, best.pt, last.pt and curves.png. Paths in the recipe are
     relative to the current folder; ${VAR:-default} reads the environment.
-    Ctrl-C or SIGTERM saves last.pt and prints the --resume command; a
-    resumed run continues exactly (same recipe, or the keys --override names).
+    Ctrl-C or SIGTERM saves last.pt and prints the command that continues
+    it, `nlptk run --resume RUN_DIR`: with no RECIPE a resumed run reads the
+    run folder's own recipe.yaml (the --set values it was started with are in
+    it). Given a RECIPE too, that recipe must match the saved one except for
+    the keys --override names. Either way it continues exactly.
     """
     if allow_changes and not resume:
         raise NlptkError(f"--override {allow_changes[0]}: only makes sense with --resume RUN_DIR; use --set KEY=VALUE to change a new run")
+    if recipe is None and not resume:
+        raise NlptkError("run: give a RECIPE to train (nlptk run recipes/sentiment.yaml), or --resume RUN_DIR to continue a run")
     if nproc > 1:
         from nlptoolkit.distributed import launch
 
-        args = ["run", recipe, *[a for o in overrides for a in ("--set", o)]] + (["--quiet"] if quiet else [])
+        args = ["run", *([recipe] if recipe else []), *[a for o in overrides for a in ("--set", o)]] + (["--quiet"] if quiet else [])
         args += (["--output-dir", output_dir] if output_dir else []) + (["--force"] if force else [])
         args += ["--resume", resume] if resume else []
         args += [a for k in allow_changes for a in ("--override", k)]

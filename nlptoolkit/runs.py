@@ -53,7 +53,7 @@ def make_task(recipe: Recipe, run_dir: Optional[Path]) -> Any:
 
 
 def train(
-    recipe_path: Union[str, Mapping[str, Any]],
+    recipe_path: Optional[Union[str, Mapping[str, Any]]],
     overrides: Sequence[str] = (),
     output_dir: Optional[str] = None,
     force: bool = False,
@@ -66,9 +66,14 @@ def train(
     ``recipe_path`` is a recipe file, a bundled recipe's name, or a recipe as a mapping.
 
     ``allow_changes`` (``--override KEY``) names recipe keys that may differ from
-    the saved recipe on ``--resume``.
+    the saved recipe on ``--resume``. Without ``recipe_path``, ``resume`` reads the
+    run folder's own ``recipe.yaml``.
     """
     proc = distributed.init_from_env()
+    if recipe_path is None:
+        if not resume:
+            raise NlptkError("give a recipe to train, or --resume RUN_DIR to continue a run")
+        recipe_path = str(resume_recipe_file(Path(resume)))
     if isinstance(recipe_path, Mapping):
         recipe = recipe_from_dict(copy.deepcopy(dict(recipe_path)), overrides)
     else:
@@ -139,6 +144,16 @@ def describe_sources(recipe: Recipe) -> Dict[str, str]:
         return names
     origin = f"hub dataset '{data.hub}'" if data.hub else f"saved dataset {data.disk}"
     return {split: f"split '{split}' of {origin}" for split in ("train", "validation", "test")}
+
+
+def resume_recipe_file(run_dir: Path) -> Path:
+    """The recipe a run folder was trained with: what `nlptk run --resume RUN_DIR` continues."""
+    if not run_dir.is_dir():
+        raise NlptkError(f"--resume {run_dir}: no such run folder; give the folder of an interrupted `nlptk run`")
+    path = run_dir / "recipe.yaml"
+    if not path.is_file():
+        raise NlptkError(f"--resume {run_dir}: there is no recipe.yaml in it (not a run folder written by `nlptk run`); give the recipe too: nlptk run RECIPE --resume {run_dir}")
+    return path
 
 
 def load_resume_checkpoint(run_dir: Path) -> Dict[str, Any]:

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import shlex
 import signal
 import sys
 import time
@@ -51,6 +52,17 @@ class TrainState:
     loss_count: int = 0
     tokens: int = 0
     finished: bool = False
+
+
+PROGRESS_LINE_SECONDS = 30.0  # how often a log file gets a progress line during an epoch
+
+
+def stderr_is_terminal() -> bool:
+    """Progress-bar redraws suit a terminal only; in a log file they are thousands of junk lines."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False
 
 
 def _test_signal_at_step() -> Optional[Tuple[int, int]]:
@@ -129,6 +141,19 @@ class Trainer:
         self.metric = es.metric
         self.mode = metric_mode(es.metric, es.mode, task.lower_is_better)
         self._stop_signal: Optional[int] = None
+        # A terminal gets a progress bar; a log file (stderr redirected) gets plain lines instead:
+        # one per evaluation, and one every PROGRESS_LINE_SECONDS in between. --quiet: evaluations only.
+        terminal = stderr_is_terminal()
+        self.show_bar = self.is_main and not quiet and terminal
+        self.progress_lines = self.is_main and not quiet and not terminal
+        if self.show_bar:  # print above the bar, which is then redrawn, instead of into it
+            write = self.log
+
+            def log_above_bar(text: str) -> None:
+                with tqdm.external_write_mode(file=sys.stderr):
+                    write(text)
+
+            self.log = log_above_bar
 
     # -- setup ----------------------------------------------------------------
     def _build_optimizer(self) -> torch.optim.Optimizer:
@@ -270,9 +295,10 @@ class Trainer:
             self.padding = batches.padding_fraction()
             bar = tqdm(
                 total=len(batches), initial=state.batch_in_epoch, desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
-                disable=self.quiet or not self.is_main, leave=False, dynamic_ncols=True, file=sys.stderr,
+                disable=not self.show_bar, leave=False, dynamic_ncols=True, file=sys.stderr,
             )
             tick, tick_tokens = time.perf_counter(), 0
+            line_at, line_tokens, line_loss = tick, 0, (0.0, 0)  # for the plain progress lines
             for batch in batches.from_position(state.batch_in_epoch):
                 if self._stop_signal is not None:
                     self._interrupt(start)
@@ -289,6 +315,16 @@ class Trainer:
                     now = time.perf_counter()
                     bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tick_tokens / max(now - tick, 1e-9):,.0f}")
                     tick, tick_tokens = now, 0
+                if self.progress_lines:
+                    line_tokens += tokens
+                    line_loss = (line_loss[0] + loss_value, line_loss[1] + 1)
+                    now = time.perf_counter()
+                    if now - line_at >= PROGRESS_LINE_SECONDS:
+                        self.log(
+                            f"step {state.step} epoch {state.epoch + 1}/{cfg.epochs} batch {state.batch_in_epoch}/{len(batches)}: "
+                            f"train_loss={line_loss[0] / line_loss[1]:.4f} tokens/s={line_tokens / max(now - line_at, 1e-9):,.0f}"
+                        )
+                        line_at, line_tokens, line_loss = now, 0, (0.0, 0)
                 reason = self._limit_reached(start)
                 if cfg.eval_every and state.step % cfg.eval_every == 0 and not reason:
                     if self._evaluate(validation, start):
@@ -384,7 +420,7 @@ class Trainer:
         raise TrainingInterrupted(
             signum,
             f"interrupted at step {self.state.step}; saved {self.run_dir / 'last.pt'}. "
-            f"Resume with: nlptk run {self.recipe.source or 'RECIPE'} --resume {self.run_dir}",
+            f"Resume with: {resume_command(self.run_dir, self.world_size)}",
         )
 
     def _evaluate(self, validation: Any, start: float) -> bool:
@@ -476,6 +512,12 @@ class Trainer:
             if record["step"] == self.state.best_step:
                 return record["validation"]
         return None
+
+
+def resume_command(run_dir: Path, processes: int = 1) -> str:
+    """The command that continues an interrupted run: the run folder holds the resolved recipe."""
+    nproc = f" --nproc {processes}" if processes > 1 else ""
+    return f"nlptk run --resume {shlex.quote(str(run_dir))}{nproc}"
 
 
 def _in_main_thread() -> bool:

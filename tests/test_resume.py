@@ -90,7 +90,7 @@ def test_signal_then_resume_is_exact(setup, sig, step, run_cli, cli, tmp_path):
     assert resume_lines == [err.strip().splitlines()[-1]], err
     assert f"interrupted at step {step}; saved {run / 'last.pt'}" in resume_lines[0]
     command = resume_lines[0].split("Resume with: ", 1)[1]
-    assert command == f"nlptk run {tiny.recipe} --resume {run}"
+    assert command == f"nlptk run --resume {run}"
 
     saved = load_checkpoint(run / "last.pt")
     assert saved["train_state"]["step"] == step and saved["train_state"]["batch_in_epoch"] == step % tiny.steps_per_epoch
@@ -104,6 +104,45 @@ def test_signal_then_resume_is_exact(setup, sig, step, run_cli, cli, tmp_path):
     assert out.startswith("finished (completed)") and f"{tiny.total_steps} steps" in out
     assert (run / "metrics.jsonl").read_text().startswith(before)  # appended; earlier lines kept verbatim
     assert_same_run(run, straight, tiny)
+
+
+def test_printed_resume_command_works_as_printed_after_set_overrides(tmp_path, run_cli, cli):
+    """The user's report: a run started with --set, interrupted with Ctrl-C; the printed command
+    must resume it (the overrides live in the run folder's recipe.yaml) and end where a straight run ends."""
+    tiny = resume_recipe(tmp_path / "data")
+    overrides = ["--set", "train.lr=0.02", "--set", "seed=11", "--set", "train.warmup_steps=3"]
+    code, _, err = cli(["run", tiny.recipe, *overrides, "--output-dir", tmp_path / "straight", "--quiet"])
+    assert code == 0, err
+    run = tmp_path / "my run"  # a space: the printed command must quote it
+    code, out, err = run_cli(["run", tiny.recipe, *overrides, "--output-dir", run], cwd=tmp_path, env={"NLPTK_TEST_SIGNAL_AT_STEP": "7:INT"})
+    assert code == 130 and "Traceback" not in err, err
+    command = err.strip().splitlines()[-1].split("Resume with: ", 1)[1]
+    args = shlex.split(command)
+    assert args == ["nlptk", "run", "--resume", str(run)], command
+
+    code, out, err = run_cli(args[1:], cwd=tmp_path)  # literally what was printed
+    assert code == 0, err
+    assert out.startswith("finished (completed)") and f"{tiny.total_steps} steps" in out
+    assert_same_run(run, tmp_path / "straight", tiny)
+    saved = (run / "recipe.yaml").read_text()
+    assert "seed: 11" in saved and "lr: 0.02" in saved
+
+
+def test_resume_from_the_run_folder_checks_set_changes_and_names_the_problem(tmp_path, cli, monkeypatch):
+    tiny, run = interrupted_run(tmp_path, cli, monkeypatch, 4)
+    msg = one_line_error(*cli(["run", "--resume", run, "--set", "train.lr=0.5"]))
+    assert "recipe differs" in msg and "train.lr: 0.05 -> 0.5" in msg and "--override train.lr" in msg, msg
+    code, out, err = cli(["run", "--resume", run, "--set", "train.lr=0.5", "--override", "train.lr", "--quiet"])
+    assert code == 0, err
+    assert "lr: 0.5" in (run / "recipe.yaml").read_text()
+
+    msg = one_line_error(*cli(["run"]))
+    assert "give a RECIPE" in msg and "--resume RUN_DIR" in msg, msg
+    (tmp_path / "not_a_run").mkdir()
+    msg = one_line_error(*cli(["run", "--resume", tmp_path / "not_a_run"]))
+    assert "no recipe.yaml" in msg, msg
+    msg = one_line_error(*cli(["run", "--resume", tmp_path / "nowhere"]))
+    assert "no such run folder" in msg, msg
 
 
 def test_kill_during_checkpoint_save_then_resume_is_exact(setup, cli, tmp_path):
