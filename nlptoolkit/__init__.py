@@ -4,8 +4,10 @@ The public API for plugin authors is what this module exports: subclass
 :class:`Task`, decorate it with :func:`register_task`, build the model on
 :class:`RNNEncoder` (with :class:`Stepper` to run it a token at a time when
 generating, :class:`CharEncoder` for character features of words, :class:`CRF`
-for a tag-sequence output layer), declare options with :func:`at_least` for
-bounded numbers, and use the data helpers for tokens, vocabularies and batches.
+for a tag-sequence output layer), write sequences with :class:`RNNDecoder` and the
+search of :mod:`nlptoolkit.search` (its docstring gives the decoder contract),
+declare options with :func:`at_least` for bounded numbers, and use the data helpers
+for tokens, vocabularies and batches.
 Plugins import nothing else from nlptoolkit.
 
 For scripts and notebooks: :func:`train` a recipe, :func:`load` a run folder,
@@ -16,10 +18,12 @@ from nlptoolkit.config_schema import at_least
 from nlptoolkit.crf import CRF
 from nlptoolkit.data import BucketSampler, Tokenizer, Vocabulary, build_tokenizer, column, iter_column, load_tokenizer, pad_batch
 from nlptoolkit.data.features import feature_matrix, read_feature_file
+from nlptoolkit.decoder import Attention, Bridge, DecoderState, EncoderDecoder, Memory, RNNDecoder
 from nlptoolkit.encoder import EncoderOutput, RNNEncoder
 from nlptoolkit.errors import NlptkError
 from nlptoolkit.metrics import accuracy, classification_metrics, macro_f1
 from nlptoolkit.registry import register_task
+from nlptoolkit.search import Hypothesis, SearchOptions, beam_search, decode, greedy_search
 from nlptoolkit.stepper import Stepper
 from nlptoolkit.task import Task
 from nlptoolkit.api import Run, load, train
@@ -31,4 +35,6 @@ __all__ = [
     "accuracy", "macro_f1", "classification_metrics", "CRF", "CharEncoder", "char_batch", "at_least", "__version__",
     "feature_matrix", "read_feature_file",
     "train", "load", "Run",
+    "RNNDecoder", "EncoderDecoder", "Memory", "DecoderState", "Bridge", "Attention",
+    "SearchOptions", "Hypothesis", "decode", "greedy_search", "beam_search",
 ]
