@@ -22,6 +22,7 @@ from nlptoolkit.decoder import Attention, Bridge, DecoderState, EncoderDecoder, 
 from nlptoolkit.encoder import EncoderOutput, RNNEncoder
 from nlptoolkit.errors import NlptkError
 from nlptoolkit.metrics import accuracy, classification_metrics, macro_f1
+from nlptoolkit.recipe import TokenizerConfig
 from nlptoolkit.registry import register_task
 from nlptoolkit.search import Hypothesis, SearchOptions, beam_search, decode, greedy_search
 from nlptoolkit.stepper import Stepper
@@ -31,7 +32,7 @@ from nlptoolkit.api import Run, load, train
 __version__ = "0.1.0"
 __all__ = [
     "Task", "register_task", "RNNEncoder", "EncoderOutput", "Stepper", "NlptkError",
-    "Vocabulary", "Tokenizer", "build_tokenizer", "load_tokenizer", "column", "iter_column", "pad_batch", "BucketSampler",
+    "Vocabulary", "Tokenizer", "TokenizerConfig", "build_tokenizer", "load_tokenizer", "column", "iter_column", "pad_batch", "BucketSampler",
     "accuracy", "macro_f1", "classification_metrics", "CRF", "CharEncoder", "char_batch", "at_least", "__version__",
     "feature_matrix", "read_feature_file",
     "train", "load", "Run",

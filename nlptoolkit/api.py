@@ -57,7 +57,8 @@ class Run:
 
         What a dict holds depends on the task: a classifier gives ``label``,
         ``probability`` and ``probabilities``; see its ``predict``. ``options``
-        are the task's predict settings (a beam size, say).
+        are decoding settings of a sequence task (``beam_size``, ``nbest``),
+        for this call only (``Task.set_decoding``).
         """
         single = isinstance(texts, str)
         inputs = [texts] if single else list(texts)
@@ -66,7 +67,8 @@ class Run:
         bad = [i for i, t in enumerate(inputs) if not isinstance(t, str)]
         if bad:
             raise NlptkError(f"predict: input {bad[0]} is a {type(inputs[bad[0]]).__name__}; give strings")
-        results = self.task.predict(self.model, inputs, **options)
+        self.task.set_decoding(**options)
+        results = self.task.predict(self.model, inputs)
         return results[0] if single else results
 
     def format_prediction(self, result: Dict[str, Any]) -> str:
@@ -91,12 +93,16 @@ class Run:
         name = split or "validation"
         return self.evaluate_many(splits=[name])[name]
 
-    def evaluate_many(self, files: Optional[Mapping[str, PathLike]] = None, splits: Sequence[str] = ()) -> Dict[str, Dict[str, Any]]:
-        """``{name: metrics}`` for each ``files`` entry and each of the recipe's ``splits``."""
+    def evaluate_many(self, files: Optional[Mapping[str, PathLike]] = None, splits: Sequence[str] = (), **options: Any) -> Dict[str, Dict[str, Any]]:
+        """``{name: metrics}`` for each ``files`` entry and each of the recipe's ``splits``.
+
+        ``options``: decoding settings of a sequence task (``beam_size``), for this call only.
+        """
         from nlptoolkit.data.sources import load_files, load_splits
         from nlptoolkit.runs import describe_sources
 
         task, results = self.task, {}
+        task.set_decoding(**options)
         wanted = {name: str(path) for name, path in (files or {}).items()}
         if wanted:
             loaded = load_files(wanted, self.recipe.data.format, key="--files", columns=self.recipe.data.columns)

@@ -126,7 +126,8 @@ def validate(recipe: str, overrides: Sequence[str]) -> None:
 @click.option("--split", "splits", multiple=True, help="Evaluate on a split of the recipe's own data (default: validation).")
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object of metrics and nothing else on stdout.")
-def evaluate(run_dir: str, files: Sequence[str], splits: Sequence[str], checkpoint: str, as_json: bool) -> None:
+@click.option("--beam", type=click.IntRange(min=1), default=None, help="Sequence tasks: decode with beam search of this size (1: greedy; default: the recipe's).")
+def evaluate(run_dir: str, files: Sequence[str], splits: Sequence[str], checkpoint: str, as_json: bool, beam: Optional[int]) -> None:
     """Compute the metrics of a finished run on held-out data.
 
     With one --files or --split, --json prints {"metric": value, ...}; with
@@ -140,7 +141,8 @@ def evaluate(run_dir: str, files: Sequence[str], splits: Sequence[str], checkpoi
             raise NlptkError(f"--files {item}: expected SPLIT=FILE, for example --files test=data/test.jsonl")
         split, path = item.split("=", 1)
         wanted[split] = path
-    results = load(run_dir, checkpoint).evaluate_many(wanted, list(splits) or ([] if wanted else ["validation"]))
+    decoding = {"beam_size": beam} if beam is not None else {}
+    results = load(run_dir, checkpoint).evaluate_many(wanted, list(splits) or ([] if wanted else ["validation"]), **decoding)
     if as_json:
         click.echo(json.dumps(next(iter(results.values())) if len(results) == 1 else results))
     else:
@@ -153,11 +155,20 @@ def evaluate(run_dir: str, files: Sequence[str], splits: Sequence[str], checkpoi
 @click.argument("texts", nargs=-1)
 @click.option("--file", "file", type=click.File("r", encoding="utf-8"), help="Read inputs from a file, one per line.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per input (all the task returns) instead of a line of text.")
-def predict(run_dir: str, texts: Sequence[str], file: Optional[click.utils.LazyFile], as_json: bool) -> None:
+@click.option("--beam", type=click.IntRange(min=1), default=None, help="Sequence tasks: beam search of this size (1: greedy; default: the recipe's).")
+@click.option("--nbest", type=click.IntRange(min=1), default=None, help="Sequence tasks: print the N best outputs with their scores (needs --beam N or more).")
+def predict(
+    run_dir: str, texts: Sequence[str], file: Optional[click.utils.LazyFile], as_json: bool, beam: Optional[int], nbest: Optional[int],
+) -> None:
     """Predict for each input text (arguments, --file, or one per line on stdin).
 
     One line per input, in input order; with --json one JSON object per line
-    (for a classifier: input, label, probability, probabilities).
+    (for a classifier: input, label, probability, probabilities; for seq2seq:
+    input, output, score and the n-best list).
+
+    \b
+    Example:
+      nlptk predict runs/g2p hello world --beam 5 --nbest 3
     """
     from nlptoolkit.api import load
 
@@ -170,7 +181,8 @@ def predict(run_dir: str, texts: Sequence[str], file: Optional[click.utils.LazyF
     if not inputs:
         raise NlptkError("predict: no input text; pass texts as arguments, --file FILE, or lines on stdin")
     run = load(run_dir)
-    for result in run.predict(inputs):
+    decoding = {k: v for k, v in (("beam_size", beam), ("nbest", nbest)) if v is not None}
+    for result in run.predict(inputs, **decoding):
         click.echo(json.dumps(result, ensure_ascii=False) if as_json else run.format_prediction(result))
 
 

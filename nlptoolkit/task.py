@@ -195,15 +195,23 @@ class Task:
         """Called after each evaluation, e.g. to print a sample so a person sees the model learn."""
 
     # -- use ------------------------------------------------------------------
-    def predict(self, model: nn.Module, texts: List[str], **options: Any) -> List[Dict[str, Any]]:
+    def predict(self, model: nn.Module, texts: List[str]) -> List[Dict[str, Any]]:
         """One JSON-able result per input text, in input order, for `nlptk predict`.
 
         Each result holds the ``input`` and what the model says about it,
         e.g. ``{"input": ..., "label": ..., "probabilities": {...}}``.
-        ``options`` are task-specific predict settings (such as a beam size)
-        passed on by the CLI only when a user gives them.
         """
         raise NlptkError(f"task '{self.name}' does not support `nlptk predict`")
+
+    def set_decoding(self, **options: Any) -> None:
+        """Decoding settings from the command line (``beam_size``, ``nbest``), applied before evaluate/predict.
+
+        Only the settings a user gave are passed. Tasks that write sequences
+        override this; the base refuses every setting.
+        """
+        if options:
+            flags = ", ".join("--" + k.replace("_size", "") for k in options)
+            raise NlptkError(f"{flags}: task '{self.name}' does not decode sequences, so there is nothing to search; leave the option out")
 
     def format_prediction(self, result: Dict[str, Any]) -> str:
         """The line `nlptk predict` prints for one result (default: the result as JSON)."""

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nlptoolkit import (
-    NlptkError, RNNEncoder, Task, Vocabulary, build_tokenizer, classification_metrics, column,
+    RNNEncoder, Task, Vocabulary, build_tokenizer, classification_metrics, column,
     load_tokenizer, pad_batch, register_task,
 )
 
@@ -144,10 +144,8 @@ class SentimentTask(Task):
         return classification_metrics(totals["loss_sum"], totals["predictions"], totals["targets"])
 
     # -- use ------------------------------------------------------------------
-    def predict(self, model: nn.Module, texts: List[str], **options: Any) -> List[Dict[str, Any]]:
+    def predict(self, model: nn.Module, texts: List[str]) -> List[Dict[str, Any]]:
         """The most likely label, its probability, and every label's probability."""
-        if options:
-            raise NlptkError(f"task '{self.name}' takes no predict options (got {', '.join(options)})")
         examples = [(self.vocab.encode(self.tokenizer.tokenize(t)) or [self.vocab.unk_id], None) for t in texts]
         probs = self.collect(model, examples, lambda m, b: {"probs": m(b["tokens"], b["lengths"]).float().softmax(-1).tolist()})["probs"]
         results = []

@@ -1,0 +1,284 @@
+"""Many-to-many, "read everything, then write": sequence to sequence.
+
+The shared encoder reads the source (bidirectional allowed); the core
+decoder (:class:`nlptoolkit.RNNDecoder`) starts from the bridged final state
+and writes the target one token at a time, attending over the encoder's
+outputs unless ``attention: none``. Grapheme to phoneme (``hello`` ->
+``HH AH0 L OW1``) and translation are the bundled recipes.
+
+Training is teacher forcing: the decoder reads ``<bos> y1 .. yn`` and is
+scored on ``y1 .. yn <eos>`` (with probability ``1 - teacher_forcing`` an
+input is the model's own previous guess instead). Evaluation reports the
+loss per target token and its perplexity on the reference, and decodes the
+split (greedy or beam search, :mod:`nlptoolkit.search`) for BLEU and chrF
+(sacrebleu), ``wer`` (share of outputs that are not exactly the reference)
+and ``per`` (token edit distance summed over the split / reference tokens,
+with rapidfuzz's Levenshtein).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nlptoolkit import (
+    EncoderDecoder, NlptkError, RNNDecoder, RNNEncoder, SearchOptions, Task, TokenizerConfig, Vocabulary,
+    build_tokenizer, column, decode, load_tokenizer, pad_batch, register_task,
+)
+
+Example = Tuple[List[int], Optional[List[int]]]  # (source ids, target ids without <bos>/<eos>; None when predicting)
+TARGET_FOLDER = "target"  # the target side's tokenizer files live in this subfolder of the run
+
+
+@dataclass
+class Seq2SeqOptions:
+    """The recipe's `task:` section for this task. The source side uses `data.tokenizer`."""
+
+    source_field: str = "source"
+    target_field: str = "target"
+    target_tokenizer: Optional[TokenizerConfig] = None  # null: the same settings as data.tokenizer
+    # the decoder (null: as the encoder's)
+    attention: Literal["none", "dot", "general", "additive"] = "general"
+    input_feed: bool = False
+    decoder_cell: Optional[Literal["rnn", "lstm", "gru"]] = None
+    decoder_hidden_size: Optional[int] = None
+    decoder_layers: Optional[int] = None
+    decoder_embedding_dim: Optional[int] = None
+    dropout: float = 0.2  # in the decoder: embeddings, between layers, before the output layer
+    # training
+    teacher_forcing: float = 1.0
+    label_smoothing: float = 0.0
+    # decoding (evaluation and predict; `--beam`/`--nbest` override)
+    beam_size: int = 1
+    nbest: int = 1
+    length_penalty: float = 0.0
+    min_length: int = 0
+    max_length: int = 200  # tokens at most ...
+    max_length_ratio: float = 2.0  # ... and at most this times the longest source in the batch, + 5
+    no_repeat_ngram: int = 0
+
+
+@register_task("seq2seq")
+class Seq2SeqTask(Task):
+    """Source sequence -> target sequence with an attentional encoder-decoder."""
+
+    description = "Sequence to sequence (G2P, translation) with attention and beam search; metrics loss, perplexity, bleu, chrf, wer, per."
+    Options = Seq2SeqOptions
+    metrics = ("loss", "perplexity", "bleu", "chrf", "wer", "per")
+    lower_is_better = frozenset({"loss", "perplexity", "wer", "per"})
+
+    def __init__(self, recipe: Any, run_dir: Any = None) -> None:
+        super().__init__(recipe, run_dir)
+        check_recipe(recipe)
+        self.decoding: Dict[str, int] = {}  # --beam / --nbest from the command line
+
+    # -- data -----------------------------------------------------------------
+    @property
+    def target_config(self) -> Any:
+        return self.options.target_tokenizer or self.recipe.data.tokenizer
+
+    def setup(self, train: Any) -> None:
+        sources, targets = self._texts(train, "train")
+        src_cfg, tgt_cfg = self.recipe.data.tokenizer, self.target_config
+        self.src_tok = build_tokenizer(src_cfg, sources)
+        self.tgt_tok = build_tokenizer(tgt_cfg, targets)
+        if self.run_dir is not None:
+            self.src_tok.save(self.run_dir)
+            (self.run_dir / TARGET_FOLDER).mkdir(parents=True, exist_ok=True)
+            self.tgt_tok.save(self.run_dir / TARGET_FOLDER)
+        self.src_vocab = Vocabulary.build((self.src_tok.tokenize(t) for t in sources), src_cfg.min_freq, src_cfg.max_size)
+        self.tgt_vocab = Vocabulary.build((self.tgt_tok.tokenize(t) for t in targets), tgt_cfg.min_freq, tgt_cfg.max_size)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"source_vocab": self.src_vocab.itos, "target_vocab": self.tgt_vocab.itos}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.src_tok = load_tokenizer(self.recipe.data.tokenizer, self.run_dir)
+        self.tgt_tok = load_tokenizer(self.target_config, Path(self.run_dir) / TARGET_FOLDER)
+        self.src_vocab = Vocabulary(state["source_vocab"])
+        self.tgt_vocab = Vocabulary(state["target_vocab"])
+
+    def _texts(self, dataset: Any, split: str) -> Tuple[List[str], List[str]]:
+        o = self.options
+        sources = column(dataset, o.source_field, split, "task.source_field")
+        targets = column(dataset, o.target_field, split, "task.target_field")
+        for field, values in ((o.source_field, sources), (o.target_field, targets)):
+            for i, text in enumerate(values):
+                if not isinstance(text, str):
+                    raise self.data_error(split, i, f"field '{field}' is {type(text).__name__}, not text; fix or remove the row")
+        return sources, targets
+
+    def encode(self, dataset: Any, split: str) -> List[Example]:
+        sources, targets = self._texts(dataset, split)
+        examples = []
+        for row, (src, tgt) in enumerate(zip(sources, targets)):
+            src_ids = self.src_vocab.encode(self.src_tok.tokenize(src))
+            tgt_ids = self.tgt_vocab.encode(self.tgt_tok.tokenize(tgt))
+            if not src_ids:
+                raise self.data_error(split, row, f"the source ('{self.options.source_field}') has no tokens; remove the row")
+            if not tgt_ids:
+                raise self.data_error(split, row, f"the target ('{self.options.target_field}') has no tokens; remove the row")
+            examples.append((src_ids, tgt_ids))
+        return examples
+
+    def length(self, example: Example) -> int:
+        return len(example[0])
+
+    def collate(self, examples: Sequence[Example]) -> Dict[str, Tensor]:
+        src, lengths = pad_batch([s for s, _ in examples])
+        batch = {"src": src, "lengths": lengths}
+        if examples and examples[0][1] is not None:
+            bos, eos = self.tgt_vocab.bos_id, self.tgt_vocab.eos_id
+            batch["inputs"], _ = pad_batch([[bos] + t for _, t in examples])
+            batch["targets"], batch["target_lengths"] = pad_batch([t + [eos] for _, t in examples])
+        return batch
+
+    def count_tokens(self, batch: Dict[str, Tensor]) -> int:
+        return int(batch["target_lengths"].sum())
+
+    # -- model ----------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        enc_cfg, o = self.recipe.encoder, self.options
+        encoder = RNNEncoder.from_config(enc_cfg, vocab_size=len(self.src_vocab))
+        decoder = RNNDecoder(
+            len(self.tgt_vocab),
+            cell=o.decoder_cell or enc_cfg.cell,
+            hidden_size=o.decoder_hidden_size or encoder.output_size,
+            num_layers=o.decoder_layers or enc_cfg.num_layers,
+            embedding_dim=o.decoder_embedding_dim or enc_cfg.embedding_dim,
+            dropout=o.dropout,
+            attention=o.attention,
+            memory_size=encoder.output_size,
+            input_feed=o.input_feed,
+        )
+        return EncoderDecoder(encoder, decoder)
+
+    def training_step(self, model: nn.Module, batch: Dict[str, Tensor]) -> Tensor:
+        logits, _ = model(batch["src"], batch["lengths"], batch["inputs"], self.options.teacher_forcing)
+        return F.cross_entropy(
+            logits.flatten(0, 1).float(), batch["targets"].flatten(),
+            ignore_index=self.tgt_vocab.pad_id, label_smoothing=self.options.label_smoothing,
+        )
+
+    # -- evaluation -------------------------------------------------------------
+    def search_options(self, longest_source: int) -> SearchOptions:
+        o, v = self.options, self.tgt_vocab
+        beam = self.decoding.get("beam_size", o.beam_size)
+        nbest = self.decoding.get("nbest", min(o.nbest, beam))
+        max_length = max(o.min_length + 1, min(o.max_length, int(o.max_length_ratio * longest_source) + 5))
+        return SearchOptions(
+            bos_id=v.bos_id, eos_id=v.eos_id, beam_size=beam, nbest=nbest, max_length=max_length,
+            min_length=o.min_length, length_penalty=o.length_penalty, no_repeat_ngram=o.no_repeat_ngram,
+            banned=(v.pad_id, v.bos_id),
+        )
+
+    def set_decoding(self, **options: Any) -> None:
+        unknown = set(options) - {"beam_size", "nbest"}
+        if unknown:
+            raise NlptkError(f"task '{self.name}': unknown decoding setting {', '.join(sorted(unknown))}")
+        beam = options.get("beam_size", self.options.beam_size)
+        nbest = options.get("nbest")
+        if nbest is not None and nbest > beam:
+            raise NlptkError(f"--nbest {nbest}: at most the beam size ({beam}); add --beam {nbest}")
+        self.decoding = dict(options)
+
+    def evaluate_batch(self, model: nn.Module, batch: Dict[str, Tensor]) -> Dict[str, Any]:
+        """Teacher-forced loss on the reference (summed over real target tokens, no label smoothing);
+        then the batch decoded, with edit distance and exact matches counted against the references."""
+        from rapidfuzz.distance import Levenshtein
+
+        logits, _ = model(batch["src"], batch["lengths"], batch["inputs"])
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(), ignore_index=self.tgt_vocab.pad_id, reduction="sum")
+        best = [h[0].tokens for h in self._search(model, batch["src"], batch["lengths"])]
+        refs = [t[: int(n) - 1].tolist() for t, n in zip(batch["targets"], batch["target_lengths"])]  # without <eos>
+        return {
+            "loss_sum": loss,
+            "target_tokens": int(batch["target_lengths"].sum()),
+            "edits": sum(Levenshtein.distance(h, r) for h, r in zip(best, refs)),
+            "reference_tokens": sum(len(r) for r in refs),
+            "wrong": sum(h != r for h, r in zip(best, refs)),
+            "hypotheses": [self.detokenize(h) for h in best],
+            "references": [self.detokenize(r) for r in refs],
+        }
+
+    def compute_metrics(self, totals: Dict[str, Any]) -> Dict[str, float]:
+        import sacrebleu
+
+        loss = totals["loss_sum"] / max(totals["target_tokens"], 1)
+        hyps, refs = totals["hypotheses"], totals["references"]
+        return {
+            "loss": loss,
+            "perplexity": math.exp(loss) if loss < 700 else math.inf,
+            "bleu": sacrebleu.corpus_bleu(hyps, [refs]).score,
+            "chrf": sacrebleu.corpus_chrf(hyps, [refs]).score,
+            "wer": totals["wrong"] / max(len(hyps), 1),
+            "per": totals["edits"] / max(totals["reference_tokens"], 1),
+        }
+
+    def _search(self, model: nn.Module, src: Tensor, lengths: Tensor, keep_attention: bool = False) -> List[List[Any]]:
+        options = self.search_options(int(lengths.max()))
+        options.keep_attention = keep_attention
+        with model.decoder.frozen():
+            return decode(model, src, lengths, options)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.tgt_tok.detokenize(self.tgt_vocab.decode(ids))
+
+    # -- use ------------------------------------------------------------------
+    def predict(self, model: nn.Module, texts: List[str]) -> List[Dict[str, Any]]:
+        """The best output, its score, and the n-best list (``output``, ``score``) of each input."""
+        examples = [(self.src_vocab.encode(self.src_tok.tokenize(t)) or [self.src_vocab.unk_id], None) for t in texts]
+        found = self.collect(model, examples, lambda m, b: {"hyps": self._search(m, b["src"], b["lengths"])})["hyps"]
+        results = []
+        for text, hyps in zip(texts, found):
+            nbest = [{"output": self.detokenize(h.tokens), "score": h.score, "log_prob": h.log_prob} for h in hyps]
+            results.append({"input": text, "output": nbest[0]["output"], "score": nbest[0]["score"], "nbest": nbest})
+        return results
+
+    def format_prediction(self, result: Dict[str, Any]) -> str:
+        """``input<TAB>output``; with --nbest N, then one ``  score<TAB>output`` line per alternative."""
+        if len(result["nbest"]) == 1:
+            return f"{result['input']}\t{result['output']}"
+        lines = [result["input"]] + [f"  {h['score']:.4f}\t{h['output']}" for h in result["nbest"]]
+        return "\n".join(lines)
+
+    def attention_of(self, model: nn.Module, text: str) -> Tuple[List[str], List[str], Tensor]:
+        """Source tokens, output tokens (with <eos>) and the (output, source) attention weights of one input."""
+        ids = self.src_vocab.encode(self.src_tok.tokenize(text)) or [self.src_vocab.unk_id]
+        src, lengths = pad_batch([ids])
+        model.eval()
+        hyp = self._search(model, src.to(self.device), lengths.to(self.device), keep_attention=True)[0][0]
+        if hyp.attention is None:
+            raise NlptkError("this model has attention: none; there are no attention weights to show")
+        return self.src_vocab.decode(ids), self.tgt_vocab.decode(hyp.tokens) + [Vocabulary.EOS], hyp.attention.cpu()
+
+
+def check_recipe(recipe: Any) -> None:
+    """Mistakes in the recipe that would only show up later, named now."""
+    o = recipe.task_options
+    checks = [
+        ("teacher_forcing", 0.0 <= o.teacher_forcing <= 1.0, "in [0, 1]"),
+        ("label_smoothing", 0.0 <= o.label_smoothing < 1.0, "in [0, 1)"),
+        ("dropout", 0.0 <= o.dropout < 1.0, "in [0, 1)"),
+        ("beam_size", o.beam_size >= 1, "at least 1"),
+        ("nbest", 1 <= o.nbest <= o.beam_size, f"between 1 and task.beam_size ({o.beam_size})"),
+        ("max_length", o.max_length >= 1, "at least 1"),
+        ("min_length", 0 <= o.min_length < o.max_length, f"0 or more and below task.max_length ({o.max_length})"),
+        ("max_length_ratio", o.max_length_ratio > 0, "positive"),
+        ("no_repeat_ngram", o.no_repeat_ngram >= 0, "0 (off) or more"),
+    ]
+    for key, ok, rule in checks:
+        if not ok:
+            raise NlptkError(f"task.{key}: must be {rule}, got {getattr(o, key)!r}")
+    hidden = o.decoder_hidden_size or recipe.encoder.hidden_size * (2 if recipe.encoder.bidirectional else 1)
+    memory = recipe.encoder.hidden_size * (2 if recipe.encoder.bidirectional else 1)
+    if o.attention == "dot" and hidden != memory:
+        raise NlptkError(
+            f"task.attention: dot needs task.decoder_hidden_size ({hidden}) to equal the encoder's output size ({memory}); "
+            "use attention: general, or make the sizes equal"
+        )
