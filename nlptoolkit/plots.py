@@ -40,3 +40,39 @@ def plot_curves(run_dir: Path) -> None:
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
     atomic_write_bytes(Path(run_dir) / "curves.png", buffer.getvalue())
+
+
+def plot_attention(source: list, output: list, weights: "object", path: Path, title: str = "") -> None:
+    """A source x output heatmap of attention weights ((len(output), len(source)) array) into a PNG.
+
+    Rows are the output tokens as they were written, columns the source
+    tokens; a dark cell is where the decoder looked while writing that row.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nlptoolkit.checkpoint import atomic_write_bytes
+
+    weights = [[float(x) for x in row] for row in weights]
+    width = max(4.0, 0.32 * len(source) + 2.0)
+    height = max(3.0, 0.3 * len(output) + 1.5)
+    fig, ax = plt.subplots(figsize=(width, height))
+    image = ax.imshow(weights, cmap="Greys", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(len(source)))
+    ax.set_xticklabels(source, rotation=90, fontsize=8)
+    ax.set_yticks(range(len(output)))
+    ax.set_yticklabels(output, fontsize=8)
+    ax.set_xlabel("source")
+    ax.set_ylabel("output")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.03, pad=0.02)
+    fig.tight_layout()
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buffer.getvalue())

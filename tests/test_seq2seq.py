@@ -168,3 +168,18 @@ def test_dot_attention_size_mismatch_is_named(cli, g2p_run):
     bad.write_text(text)
     msg = one_line_error(*cli(["run", bad, "--output-dir", g2p_run.base / "dot_run"]))
     assert "task.attention" in msg and "general" in msg
+
+
+def test_attention_heatmap_of_one_input(g2p_run, tmp_path):
+    import nlptoolkit
+    from nlptoolkit.plots import plot_attention
+
+    run = nlptoolkit.load(g2p_run.dir)
+    source, output, weights = run.task.attention_of(run.model, "hello")
+    assert source == list("hello") and output[-1] == "<eos>"
+    assert weights.shape == (len(output), len(source))
+    torch.testing.assert_close(weights.sum(1), torch.ones(len(output)))
+    assert output[:-1] == run.predict("hello", beam_size=1)["output"].split()
+    png = tmp_path / "a.png"
+    plot_attention(source, output, weights.tolist(), png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
