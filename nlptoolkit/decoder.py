@@ -49,12 +49,16 @@ class Memory:
     mask:    (B, S) True at real (unpadded) positions of ``outputs``.
     keys:    ``outputs`` already projected for the score (general, additive),
              computed once per batch rather than once per step.
+    first_input: (B, E) a vector the decoder reads at its first step in place
+             of ``<bos>``'s embedding (a captioning model's projected image
+             features), or None.
     """
 
     state: Optional[State] = None
     outputs: Optional[Tensor] = None
     mask: Optional[Tensor] = None
     keys: Optional[Tensor] = None
+    first_input: Optional[Tensor] = None
 
     def select(self, order: Tensor) -> "Memory":
         """The memory of examples ``order`` (a LongTensor of rows), e.g. each repeated beam-size times."""
@@ -62,7 +66,7 @@ class Memory:
         if state is not None:
             state = tuple(s.index_select(1, order) for s in state) if isinstance(state, tuple) else state.index_select(1, order)
         pick = lambda t: None if t is None else t.index_select(0, order)  # noqa: E731
-        return Memory(state, pick(self.outputs), pick(self.mask), pick(self.keys))
+        return Memory(state, pick(self.outputs), pick(self.mask), pick(self.keys), pick(self.first_input))
 
 
 @dataclass
@@ -71,10 +75,12 @@ class DecoderState:
 
     rnn: State
     feed: Tensor  # (B, H): feed_t above (zeros before the first step)
+    pending: Optional[Tensor] = None  # (B, E): read at the next step instead of the token's embedding (Memory.first_input)
 
     def select(self, order: Tensor) -> "DecoderState":
         rnn = tuple(s.index_select(1, order) for s in self.rnn) if isinstance(self.rnn, tuple) else self.rnn.index_select(1, order)
-        return DecoderState(rnn, self.feed.index_select(0, order))
+        pending = self.pending.index_select(0, order) if self.pending is not None else None
+        return DecoderState(rnn, self.feed.index_select(0, order), pending)
 
 
 class Attention(nn.Module):
@@ -120,17 +126,18 @@ class Bridge(nn.Module):
     encoder layer ``i + L_enc - L_dec`` (the top layers), or the top encoder
     layer when the decoder has more layers. Where sizes or directions differ a
     learned ``tanh(W s + b)`` maps it (one for h, one for an LSTM's c);
-    otherwise it is copied. A cell state the encoder lacks (GRU, RNN) starts
-    at zero.
+    otherwise it is copied (``project=True`` maps it anyway: a captioning
+    model's features, given as a one-layer "encoder state", always are).
+    A cell state the encoder lacks (GRU, RNN) starts at zero.
     """
 
     def __init__(self, enc_cell: str, enc_hidden: int, enc_layers: int, enc_directions: int,
-                 dec_cell: str, dec_hidden: int, dec_layers: int) -> None:
+                 dec_cell: str, dec_hidden: int, dec_layers: int, project: Optional[bool] = None) -> None:
         super().__init__()
         self.enc_cell, self.enc_layers, self.enc_directions = enc_cell, enc_layers, enc_directions
         self.dec_cell, self.dec_hidden, self.dec_layers = dec_cell, dec_hidden, dec_layers
         size = enc_hidden * enc_directions
-        self.project = size != dec_hidden or enc_directions != 1
+        self.project = (size != dec_hidden or enc_directions != 1) if project is None else project
         if self.project:
             self.h = nn.Linear(size, dec_hidden)
             self.c = nn.Linear(size, dec_hidden) if dec_cell == "lstm" and enc_cell == "lstm" else None
@@ -158,6 +165,11 @@ class RNNDecoder(nn.Module):
 
     ``memory_size`` is the width of ``Memory.outputs`` (needed for attention).
     Token 0 is padding. See the module docstring for the equations.
+
+    What each step reads: the previous token's embedding, or, with
+    ``token_inputs=False``, a zero vector (the one-to-many drawing in which
+    only the first step gets an input). A ``Memory.first_input`` replaces the
+    first step's input (``<bos>``) with a vector of the embedding's size.
     """
 
     def __init__(
@@ -171,6 +183,7 @@ class RNNDecoder(nn.Module):
         attention: AttentionKind = "general",
         memory_size: Optional[int] = None,
         input_feed: bool = False,
+        token_inputs: bool = True,
     ) -> None:
         super().__init__()
         if attention not in ("none", "dot", "general", "additive"):
@@ -178,6 +191,7 @@ class RNNDecoder(nn.Module):
         if attention != "none" and memory_size is None:
             raise ValueError("attention needs memory_size, the width of the encoder outputs it reads")
         self.vocab_size, self.hidden_size, self.attention_kind, self.input_feed = vocab_size, hidden_size, attention, input_feed
+        self.token_inputs = token_inputs
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
         rnn_input = embedding_dim + (hidden_size if input_feed else 0)
         self.rnn = RNNEncoder(cell, hidden_size, num_layers, bidirectional=False, dropout=dropout, input_size=rnn_input)
@@ -207,7 +221,8 @@ class RNNDecoder(nn.Module):
             B = batch_size if batch_size is not None else memory.outputs.shape[0]
             device = self.out.weight.device
             rnn = self.rnn.initial_state(B, device)
-        return DecoderState(rnn, torch.zeros(B, self.hidden_size, device=device, dtype=self.out.weight.dtype))
+        feed = torch.zeros(B, self.hidden_size, device=device, dtype=self.out.weight.dtype)
+        return DecoderState(rnn, feed, memory.first_input)
 
     @staticmethod
     def reorder(state: DecoderState, memory: Optional[Memory], order: Tensor) -> Tuple[DecoderState, Optional[Memory]]:
@@ -217,7 +232,7 @@ class RNNDecoder(nn.Module):
     # -- one step ----------------------------------------------------------------
     def step(self, prev_tokens: Tensor, state: DecoderState, memory: Memory) -> Tuple[Tensor, DecoderState, Optional[Tensor]]:
         """(B,) previous tokens -> (B, V) log-probabilities, the new state, (B, S) attention (or None)."""
-        x = self.dropout(self.embedding(prev_tokens))
+        x = self.dropout(self._read(prev_tokens, state.pending))
         if self.input_feed:
             x = torch.cat([x, state.feed], dim=-1)
         if self._stepper is not None:
@@ -228,6 +243,19 @@ class RNNDecoder(nn.Module):
         feed = feed.squeeze(1)
         log_probs = self.out(self.dropout(feed)).float().log_softmax(-1)
         return log_probs, DecoderState(rnn, feed), (weights.squeeze(1) if weights is not None else None)
+
+    def _read(self, tokens: Tensor, first: Optional[Tensor]) -> Tensor:
+        """(B,) or (B, T) token ids -> what the RNN reads for them: embeddings (or zeros), with the
+        first position replaced by ``first`` ((B, E)) when given."""
+        if self.token_inputs:
+            x = self.embedding(tokens)
+        else:
+            x = self.embedding.weight.new_zeros(*tokens.shape, self.embedding.embedding_dim)
+        if first is None:
+            return x
+        if tokens.dim() == 1:
+            return first.to(x.dtype)
+        return torch.cat([first.to(x.dtype).unsqueeze(1), x[:, 1:]], dim=1)
 
     def _attend(self, h: Tensor, memory: Memory) -> Tuple[Tensor, Optional[Tensor]]:
         """(B, T, H) RNN outputs -> (B, T, H) attentional vectors and (B, T, S) weights."""
@@ -250,7 +278,7 @@ class RNNDecoder(nn.Module):
         previous prediction (its argmax) instead of the reference token.
         """
         if teacher_forcing >= 1.0 and not self.input_feed:
-            out = self.rnn(self.dropout(self.embedding(inputs)), state=state.rnn).outputs
+            out = self.rnn(self.dropout(self._read(inputs, state.pending)), state=state.rnn).outputs
             feed, weights = self._attend(out, memory)
             return self.out(self.dropout(feed)), weights
         logits, attentions = [], []
@@ -262,7 +290,7 @@ class RNNDecoder(nn.Module):
                     own = logits[-1].argmax(-1)
                     coin = torch.rand(prev.shape, device=prev.device, generator=generator) >= teacher_forcing
                     prev = torch.where(coin & (prev != 0), own, prev)  # padding stays padding
-            x = self.dropout(self.embedding(prev))
+            x = self.dropout(self._read(prev, state.pending if t == 0 else None))
             if self.input_feed:
                 x = torch.cat([x, state.feed], dim=-1)
             h, rnn = self.rnn.step(x, state.rnn)
