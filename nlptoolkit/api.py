@@ -55,18 +55,27 @@ class Run:
     def predict(self, texts: Union[str, Sequence[str]], **options: Any) -> Any:
         """One JSON-able dict per input, in input order (a single string gives a single dict).
 
+        A task that reads feature vectors (captioning) takes vectors instead:
+        one list of numbers, or a list of such lists.
+
         What a dict holds depends on the task: a classifier gives ``label``,
         ``probability`` and ``probabilities``; see its ``predict``. ``options``
         are decoding settings of a sequence task (``beam_size``, ``nbest``),
         for this call only (``Task.set_decoding``).
         """
-        single = isinstance(texts, str)
-        inputs = [texts] if single else list(texts)
-        if not inputs:
-            return []
-        bad = [i for i, t in enumerate(inputs) if not isinstance(t, str)]
-        if bad:
-            raise NlptkError(f"predict: input {bad[0]} is a {type(inputs[bad[0]]).__name__}; give strings")
+        if self.task.input_kind == "features":  # vectors: one list of numbers, or a list of them
+            single = len(texts) > 0 and isinstance(texts[0], (int, float))
+            inputs = [texts] if single else list(texts)
+            if not inputs:
+                return []
+        else:
+            single = isinstance(texts, str)
+            inputs = [texts] if single else list(texts)
+            if not inputs:
+                return []
+            bad = [i for i, t in enumerate(inputs) if not isinstance(t, str)]
+            if bad:
+                raise NlptkError(f"predict: input {bad[0]} is a {type(inputs[bad[0]]).__name__}; give strings")
         self.task.set_decoding(**options)
         results = self.task.predict(self.model, inputs)
         return results[0] if single else results

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 import click
 
@@ -157,30 +157,46 @@ def evaluate(run_dir: str, files: Sequence[str], splits: Sequence[str], checkpoi
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per input (all the task returns) instead of a line of text.")
 @click.option("--beam", type=click.IntRange(min=1), default=None, help="Sequence tasks: beam search of this size (1: greedy; default: the recipe's).")
 @click.option("--nbest", type=click.IntRange(min=1), default=None, help="Sequence tasks: print the N best outputs with their scores (needs --beam N or more).")
+@click.option("--features", "features_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="For a task that reads feature vectors (captioning): FILE holds one JSON list of numbers, or JSON Lines of them.")
 def predict(
     run_dir: str, texts: Sequence[str], file: Optional[click.utils.LazyFile], as_json: bool, beam: Optional[int], nbest: Optional[int],
+    features_file: Optional[str],
 ) -> None:
-    """Predict for each input text (arguments, --file, or one per line on stdin).
+    """Predict for each input text (arguments, --file, or one per line on stdin),
+    or for each feature vector of --features FILE.
 
     One line per input, in input order; with --json one JSON object per line
     (for a classifier: input, label, probability, probabilities; for seq2seq:
-    input, output, score and the n-best list).
+    input, output, score and the n-best list; for captioning: caption, score
+    and the n-best list).
 
     \b
-    Example:
+    Examples:
       nlptk predict runs/g2p hello world --beam 5 --nbest 3
+      nlptk predict runs/captioning --features image_features.jsonl
     """
     from nlptoolkit.api import load
 
-    inputs: List[str] = list(texts)
-    if file is not None:
-        inputs += [line.rstrip("\n") for line in file]
-    if not texts and file is None:
-        inputs += [line.rstrip("\n") for line in sys.stdin]
-    inputs = [t for t in inputs if t.strip()]
-    if not inputs:
-        raise NlptkError("predict: no input text; pass texts as arguments, --file FILE, or lines on stdin")
-    run = load(run_dir)
+    if features_file is not None:
+        if texts or file is not None:
+            raise NlptkError("predict: give either texts (arguments or --file) or --features FILE, not both")
+        run = load(run_dir)
+        if run.task.input_kind != "features":
+            raise NlptkError(f"--features {features_file}: a '{run.task.name}' run reads text, not feature vectors; give texts as arguments or --file FILE")
+        from nlptoolkit.data.features import read_feature_file
+
+        inputs: List[Any] = read_feature_file(features_file, run.task.feature_size).tolist()
+    else:
+        inputs = list(texts)
+        if file is not None:
+            inputs += [line.rstrip("\n") for line in file]
+        if not texts and file is None:
+            inputs += [line.rstrip("\n") for line in sys.stdin]
+        inputs = [t for t in inputs if t.strip()]
+        if not inputs:
+            raise NlptkError("predict: no input text; pass texts as arguments, --file FILE, or lines on stdin")
+        run = load(run_dir)
     decoding = {k: v for k, v in (("beam_size", beam), ("nbest", nbest)) if v is not None}
     for result in run.predict(inputs, **decoding):
         click.echo(json.dumps(result, ensure_ascii=False) if as_json else run.format_prediction(result))

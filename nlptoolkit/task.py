@@ -66,6 +66,9 @@ class Task:
     shuffle_split: ClassVar[bool] = True  # carve validation at random (False: the last part)
     metrics: ClassVar[Sequence[str]] = ("loss",)  # what `evaluate` returns; early stopping picks one
     lower_is_better: ClassVar[frozenset] = frozenset({"loss", "perplexity", "bpc"})
+    # What `nlptk predict` gives `predict`: "text" (strings) or "features" (fixed-size
+    # vectors read by `--features FILE`; such a task sets ``self.feature_size``).
+    input_kind: ClassVar[str] = "text"
 
     def __init__(self, recipe: Any, run_dir: Optional[Path] = None) -> None:
         self.recipe = recipe

@@ -36,6 +36,7 @@ def check_vector(value: Any, size: Optional[int], where: str, what: str = "the f
     if not isinstance(value, (list, tuple)):
         shown = "missing (null)" if value is None else f"{type(value).__name__} {value!r}"[:60]
         raise NlptkError(f"{where}: {what} is {shown}, not a list of numbers such as [0.0, 0.5, 1.0]")
+    value = [x.item() if isinstance(x, (np.ndarray, np.generic)) and np.ndim(x) == 0 else x for x in value]
     for i, x in enumerate(value):
         if isinstance(x, bool) or not isinstance(x, (int, float)):
             shown = "null" if x is None else repr(x)[:40]

@@ -84,8 +84,13 @@ def load_files(files: Dict[str, str], fmt: Optional[str] = None, key: str = "dat
     try:
         loaded = datasets.load_dataset(fmt, data_files={k: str(v) for k, v in files.items()}, **kwargs)
     except Exception as exc:  # datasets wraps parser errors in many types
-        names = ", ".join(str(p) for p in files.values())
-        raise NlptkError(f"{key}: could not read {names} as {fmt}: {_one_line(exc)}; check the file or set `data.format`") from None
+        if len(files) == 1:
+            names = ", ".join(str(p) for p in files.values())
+            raise NlptkError(f"{key}: could not read {names} as {fmt}: {_one_line(exc)}; check the file or set `data.format`") from None
+        # Read together, the splits must share one schema: a value of another type in one
+        # file (a word among a list of numbers) fails the whole load without naming a row.
+        # Read apart, each file gets its own schema and the task's checks name the row.
+        loaded = datasets.DatasetDict({split: load_files({split: path}, fmt, key)[split] for split, path in files.items()})
     for split, path in files.items():
         if len(loaded[split]) == 0:
             raise NlptkError(f"{key}.{split}: {path} holds no examples; give a file with at least one row")
