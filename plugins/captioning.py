@@ -46,7 +46,7 @@ class CaptioningOptions:
     """The recipe's `task:` section for this task."""
 
     features_field: str = "features"  # a list of floats per row, the same size in every row
-    caption_field: str = "caption"
+    caption_field: str = "caption"  # the sentence to write, split by data.tokenizer
     condition: Literal["init_state", "first_input"] = "init_state"  # where the features enter the decoder
     later_inputs: Literal["tokens", "zeros"] = "tokens"  # what steps after the first read (zeros: first_input only)
     feature_dropout: float = at_least(0.0, 0.2, high=0.99)  # on the features, before they are projected
