@@ -158,3 +158,13 @@ def test_init_picks_up_a_new_option_and_its_comment(cli, tmp_path):
 def test_init_unknown_task_is_one_line_error(cli):
     msg = one_line_error(*cli(["init", "sentimnet"]))
     assert "unknown task 'sentimnet'" in msg and "did you mean" in msg.lower()
+
+
+def test_data_that_does_not_ship_says_what_to_do(cli, tmp_path, monkeypatch):
+    """The Penn Treebank may not be redistributed: without NLPTK_DATA the error says how to supply it."""
+    monkeypatch.delenv("NLPTK_DATA", raising=False)
+    msg = one_line_error(*cli(["run", "word_lm"], cwd=tmp_path))
+    assert "data.files.train: file ../shared/data/lm/ptb/train.txt does not exist" in msg
+    assert "NLPTK_DATA is not set: set it to the folder that holds the data sets" in msg
+    assert "--set data.files.train=PATH" in msg
+    assert not (tmp_path / "runs" / "word_lm").exists() or not any((tmp_path / "runs" / "word_lm").iterdir())

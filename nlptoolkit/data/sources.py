@@ -70,7 +70,11 @@ def load_files(files: Dict[str, str], fmt: Optional[str] = None, key: str = "dat
     files = {split: resolve_data_path(str(path), f"{key}.{split}") for split, path in files.items()}
     for split, path in files.items():
         if not Path(path).is_file():
-            hint = " (relative paths start from the current folder; set NLPTK_DATA to the shared data folder)" if not os.path.isabs(path) else ""
+            hint = f" (relative paths start from the current folder, {os.getcwd()})" if not os.path.isabs(path) else ""
+            if not os.environ.get("NLPTK_DATA"):  # a recipe reading ${NLPTK_DATA:-...} fell back to its default
+                hint += "; NLPTK_DATA is not set: set it to the folder that holds the data sets (the recipes read ${NLPTK_DATA}/<set>/<file>)"
+            if key.startswith("data."):
+                hint += f", or give the file with --set {key}.{split}=PATH"
             raise NlptkError(f"{key}.{split}: file {path} does not exist{hint}")
         if _blank(Path(path)):  # datasets fails on these with an empty StopIteration
             raise NlptkError(f"{key}.{split}: {path} is empty (no examples); give a file with at least one row")
