@@ -150,7 +150,7 @@ class Run:
 
 
 def train(
-    recipe: Union[PathLike, Mapping[str, Any]],
+    recipe: Union[PathLike, Mapping[str, Any], None],
     overrides: Overrides = None,
     output_dir: Optional[PathLike] = None,
     force: bool = False,
@@ -163,12 +163,13 @@ def train(
     ``recipe`` is a .yaml path, a bundled recipe's name (``"sentiment"``) or
     the recipe itself as a mapping; ``overrides`` are ``--set`` values,
     ``{"train.epochs": 1}``; the run folder is ``output_dir`` (default
-    ``runs/<name>``), never overwritten unless ``force``.
+    ``runs/<name>``), never overwritten unless ``force``. ``resume`` continues an
+    interrupted run folder (``recipe`` may then be None: the folder's own recipe).
     """
     from nlptoolkit.runs import train as train_run
 
     summary = train_run(
-        recipe if isinstance(recipe, Mapping) else str(recipe), override_strings(overrides),
+        recipe if recipe is None or isinstance(recipe, Mapping) else str(recipe), override_strings(overrides),
         None if output_dir is None else str(output_dir), force, quiet,
         None if resume is None else str(resume), allow_changes,
     )

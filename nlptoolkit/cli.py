@@ -250,7 +250,8 @@ def list_recipes() -> None:
     files = recipe_files()
     width = max([len(name) for name in files] + [4])
     for name, path in files.items():
-        click.echo(f"{name:<{width}}  {describe_recipe(path)}")
+        outside = "  [data not bundled: set NLPTK_DATA]" if "${NLPTK_DATA" in path.read_text(encoding="utf-8") else ""
+        click.echo(f"{name:<{width}}  {describe_recipe(path)}{outside}")
 
 
 @cli.command()
