@@ -23,7 +23,7 @@ from nlptoolkit.encoder import EncoderOutput, RNNEncoder
 from nlptoolkit.errors import NlptkError
 from nlptoolkit.metrics import accuracy, classification_metrics, macro_f1
 from nlptoolkit.recipe import TokenizerConfig
-from nlptoolkit.registry import register_task
+from nlptoolkit.registry import register_probe, register_task
 from nlptoolkit.search import Hypothesis, SearchOptions, beam_search, decode, greedy_search
 from nlptoolkit.stepper import Stepper
 from nlptoolkit.task import Task
@@ -31,7 +31,7 @@ from nlptoolkit.api import Run, load, train
 
 __version__ = "0.1.0"
 __all__ = [
-    "Task", "register_task", "RNNEncoder", "EncoderOutput", "Stepper", "NlptkError",
+    "Task", "register_task", "register_probe", "RNNEncoder", "EncoderOutput", "Stepper", "NlptkError",
     "Vocabulary", "Tokenizer", "TokenizerConfig", "build_tokenizer", "load_tokenizer", "column", "iter_column", "pad_batch", "BucketSampler",
     "accuracy", "macro_f1", "classification_metrics", "CRF", "CharEncoder", "char_batch", "at_least", "__version__",
     "feature_matrix", "read_feature_file",

@@ -229,6 +229,77 @@ def generate(run_dir: str, prompt: str, max_tokens: int, temperature: float, top
     sys.stdout.write("\n")
 
 
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--text", "text_file", required=True, type=click.Path(dir_okay=False), help="The text to read (UTF-8), e.g. a stretch of validation data.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The HTML report to write (one self-contained file).")
+@click.option("--units", metavar="L:I,...", help="Units to show, e.g. 2:87,1:c:12 (layer from 1; c: an LSTM's cell state, else the hidden state).")
+@click.option("--find", is_flag=True, help="Rank every unit against every probe (the default when --units is not given).")
+@click.option("--top", default=3, show_default=True, type=click.IntRange(min=1), help="Units listed and shown per probe.")
+@click.option("--max-tokens", default=2000, show_default=True, type=click.IntRange(min=1), help="Read only the first N tokens of the text.")
+@click.option("--json", "as_json", is_flag=True, help="Also print the ranking as one JSON object on stdout.")
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
+def inspect(
+    run_dir: str, text_file: str, out: str, units: Optional[str], find: bool, top: int, max_tokens: int, as_json: bool, checkpoint: str,
+) -> None:
+    """Colour a text by what the hidden units of a trained run do, and find units that track probes.
+
+    The report shows the text with each token red where a unit is positive
+    and blue where it is negative (Karpathy, Johnson & Fei-Fei 2015).
+    --find holds every unit of every layer (hidden and cell state) up
+    against probes computed from the text (inside quotes, bracket depth,
+    position in the line, start of a word, end of a sentence, and any a
+    plugin registers with nlptoolkit.register_probe) and lists the units
+    with the highest |correlation|.
+
+    \b
+    Example:
+      nlptk inspect runs/char_lm --text valid.txt --out report.html --find --json
+      nlptk inspect runs/char_lm --text valid.txt --out units.html --units 2:c:87
+    """
+    from pathlib import Path
+
+    from nlptoolkit.inspection.analysis import analyse
+    from nlptoolkit.inspection.report import write_report
+    from nlptoolkit.registry import registry
+    from nlptoolkit.runs import load_run
+
+    text = read_text_file(text_file, "--text")
+    recipe, task, model = load_run(run_dir, checkpoint)
+    probes = registry.all_probes()
+    result = analyse(task, model, text, probes, units=units, find=find or not units, top=top, max_tokens=max_tokens)
+    enc = recipe.encoder
+    read = f"{len(result.tokens):,} tokens" + (f" (the first of {result.truncated_from:,}; see --max-tokens)" if result.truncated_from else "")
+    details = [
+        f"Run {run_dir} ({checkpoint}.pt), task {recipe.task}: {enc.num_layers}-layer "
+        f"{'bidirectional ' if enc.bidirectional else ''}{enc.cell.upper()}, {enc.hidden_size} units per layer and direction.",
+        f"Text {text_file}: {read}.",
+    ]
+    write_report(result, Path(out), f"What the units of {Path(run_dir).name} respond to", details, probes)
+    if as_json:
+        click.echo(json.dumps(result.ranking_json()))
+    else:
+        for name, ranked in result.ranking.items():
+            best = ranked[0]
+            click.echo(f"{name}: best unit {best.unit} correlation {best.correlation:+.3f}")
+        for name, why in result.skipped.items():
+            click.echo(f"{name}: not ranked, the probe is {why}")
+        click.echo(f"wrote {out} ({result.units_scanned:,} units scanned over {len(result.tokens):,} tokens)")
+
+
+def read_text_file(path: str, option: str) -> str:
+    """A UTF-8 text file, or a one-line error naming the option."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise NlptkError(f"{option} {path}: no such file") from None
+    except UnicodeDecodeError as exc:
+        raise NlptkError(f"{option} {path}: not UTF-8 text (byte {exc.start}); convert it to UTF-8") from None
+    except OSError as exc:
+        raise NlptkError(f"{option} {path}: cannot read it ({exc.strerror})") from None
+
+
 @cli.command(name="list")
 def list_tasks() -> None:
     """List the available tasks, what they do, and where they come from."""

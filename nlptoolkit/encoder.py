@@ -291,9 +291,9 @@ class RNNEncoder(nn.Module):
 
         return step_layers(self.cell, self.num_layers, gates, x, state)
 
-    def input_weight(self, k: int) -> Tensor:
+    def input_weight(self, k: int, direction: int = 0) -> Tensor:
         """Layer k's ``W_ih`` as at a real token: without the LSTM's padding-indicator column (idea 3)."""
-        w = self.layers[k][0].weight_ih_l0
+        w = self.layers[k][direction].weight_ih_l0
         return w[:, :-1] if self.cell == "lstm" else w
 
     def _split_state(self, state: Optional[State]) -> Tuple[Optional[Tensor], Optional[Tensor]]:

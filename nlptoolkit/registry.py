@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 from nlptoolkit.errors import NlptkError, did_you_mean
 
@@ -46,6 +46,7 @@ class TaskEntry:
 class Registry:
     def __init__(self) -> None:
         self.tasks: Dict[str, TaskEntry] = {}
+        self.probes: Dict[str, Callable[[str], Sequence[float]]] = {}  # added by plugins (`nlptk inspect`)
         self.failures: Dict[str, str] = {}  # plugin source -> one-line reason it failed to load
         self._entry_points_loaded = False
 
@@ -145,6 +146,13 @@ class Registry:
         self.load_entry_points()
         return [self.tasks[k] for k in sorted(self.tasks)]
 
+    def all_probes(self) -> Dict[str, Callable[[str], Sequence[float]]]:
+        """The built-in probes of `nlptk inspect --find`, then those plugins registered."""
+        from nlptoolkit.inspection.probes import BUILTIN_PROBES
+
+        self.load_entry_points()
+        return {**BUILTIN_PROBES, **self.probes}
+
 
 registry = Registry()
 
@@ -160,5 +168,23 @@ def register_task(name: str) -> Callable[[type], type]:
         cls.name = name
         registry.add(name, cls, _loading_source.get() or f"module {cls.__module__}")
         return cls
+
+    return decorate
+
+
+def register_probe(name: str) -> Callable[[Callable[[str], Sequence[float]]], Callable[[str], Sequence[float]]]:
+    """Function decorator that adds a probe to `nlptk inspect --find`: text in, one number per character out.
+
+    >>> @register_probe("vowel")
+    ... def vowel(text): return [float(ch in "aeiou") for ch in text]
+    """
+
+    def decorate(fn: Callable[[str], Sequence[float]]) -> Callable[[str], Sequence[float]]:
+        from nlptoolkit.inspection.probes import BUILTIN_PROBES
+
+        if name in BUILTIN_PROBES or (name in registry.probes and registry.probes[name] is not fn):
+            raise NlptkError(f"probe '{name}' is registered twice ({_loading_source.get() or fn.__module__}); give it another name")
+        registry.probes[name] = fn
+        return fn
 
     return decorate

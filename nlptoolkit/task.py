@@ -43,7 +43,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 import json
-from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -223,6 +223,18 @@ class Task:
     def generate(self, model: nn.Module, prompt: str, max_tokens: int, temperature: float, top_k: Optional[int]) -> Iterator[str]:
         """Stream text pieces, for `nlptk generate`."""
         raise NotImplementedError(f"task '{self.name}' does not support `nlptk generate`")
+
+    def read_text(self, text: str) -> Tuple[List[str], List[int]]:
+        """The tokens the model reads for ``text``, and their ids (for `nlptk inspect` and `gradients`).
+
+        The default uses the task's ``tokenizer`` and ``vocab`` attributes, as
+        the built-in tasks name them; a task that reads text differently overrides it.
+        """
+        tokenizer, vocab = getattr(self, "tokenizer", None), getattr(self, "vocab", None)
+        if tokenizer is None or vocab is None:
+            raise NlptkError(f"task '{self.name}' does not say how it reads text: give it a `read_text` method (see nlptoolkit.Task)")
+        tokens = tokenizer.tokenize(text)
+        return tokens, vocab.encode(tokens)
 
     def to_device(self, batch: Dict[str, Any]) -> Dict[str, Any]:
         return {k: v.to(self.device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}

@@ -361,6 +361,11 @@ class LanguageModelTask(Task):
         ids = ([line_break] if line_break is not None else []) + self.vocab.encode(tokens)
         return ids or [self.vocab.bos_id]
 
+    def read_text(self, text: str) -> Tuple[List[str], List[int]]:
+        """Tokens as the model reads a text: characters with the newline, or ``<eos>`` per line."""
+        tokens = self._tokens(text)
+        return tokens, self.vocab.encode(tokens)
+
     def line_break_id(self) -> Optional[int]:
         if self.kind == "char":
             return self.vocab.stoi.get("\n")
