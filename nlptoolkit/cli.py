@@ -331,6 +331,28 @@ def gradients(source: str, out: str, steps: int, samples: int, text_file: Option
     click.echo(f"wrote {Path(out) / 'gradient_norms.png'} and gradient_norms.csv")
 
 
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, metavar="RUN [RUN ...]", type=click.Path())
+@click.option("--metric", "metrics", multiple=True, default=("loss",), show_default=True,
+              help="What to plot (repeatable, one panel each): a validation metric (loss also shows the training loss), "
+              "or grad_norm, grad_norm_max, clipped_fraction, lr, tokens_per_second.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
+@click.option("--log", "log_scale", is_flag=True, help="Logarithmic y axis.")
+def plot(runs: Sequence[str], metrics: Sequence[str], out: str, log_scale: bool) -> None:
+    """Training and validation curves of one or more runs, overlaid and labelled by run name.
+
+    \b
+    Example:
+      nlptk plot runs/char_lm runs/char_lm_gru --metric loss --metric clipped_fraction --out compare.png
+    """
+    from pathlib import Path
+
+    from nlptoolkit.plots import plot_runs
+
+    plot_runs(list(runs), list(metrics), Path(out), log_scale)
+    click.echo(f"wrote {out}")
+
+
 def read_text_file(path: str, option: str) -> str:
     """A UTF-8 text file, or a one-line error naming the option."""
     try:

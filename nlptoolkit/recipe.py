@@ -93,6 +93,7 @@ class TrainConfig:
     # and evaluation stay float32); faster on GPUs and on CPUs with AVX512-BF16 or AMX.
     # auto: bf16 where the hardware does it natively, fp32 elsewhere (see nlptoolkit/precision.py).
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    tensorboard: bool = False  # also log the scalars to run_dir/tensorboard (needs the [tensorboard] extra)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
 

@@ -50,6 +50,9 @@ class TrainState:
     train_seconds: float = 0.0
     loss_sum: float = 0.0  # training loss since the last evaluation
     loss_count: int = 0
+    grad_norm_sum: float = 0.0  # gradient norms before clipping, since the last evaluation
+    grad_norm_max: float = 0.0
+    clipped_steps: int = 0  # steps since the last evaluation where clipping fired
     tokens: int = 0
     finished: bool = False
 
@@ -154,6 +157,11 @@ class Trainer:
                     write(text)
 
             self.log = log_above_bar
+        self.tensorboard: Optional[Any] = None
+        if self.cfg.tensorboard and self.is_main:  # fail before training, not at the first evaluation
+            from nlptoolkit.tensorboard_log import open_writer
+
+            self.tensorboard = open_writer(self.run_dir)
 
     # -- setup ----------------------------------------------------------------
     def _build_optimizer(self) -> torch.optim.Optimizer:
@@ -278,6 +286,8 @@ class Trainer:
         try:
             return self._loop(train, validation, total_steps)
         finally:
+            if self.tensorboard is not None:
+                self.tensorboard.close()
             if in_main_thread:
                 for s, handler in previous.items():
                     signal.signal(s, handler)
@@ -313,7 +323,11 @@ class Trainer:
                 bar.update(1)
                 if state.step % 10 == 0:
                     now = time.perf_counter()
-                    bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tick_tokens / max(now - tick, 1e-9):,.0f}")
+                    bar.set_postfix(
+                        loss=f"{loss_value:.3f}", tok_s=f"{tick_tokens / max(now - tick, 1e-9):,.0f}",
+                        gnorm=f"{state.grad_norm_sum / max(state.loss_count, 1):.2f}",
+                        clipped=f"{state.clipped_steps / max(state.loss_count, 1):.0%}",
+                    )
                     tick, tick_tokens = now, 0
                 if self.progress_lines:
                     line_tokens += tokens
@@ -322,7 +336,8 @@ class Trainer:
                     if now - line_at >= PROGRESS_LINE_SECONDS:
                         self.log(
                             f"step {state.step} epoch {state.epoch + 1}/{cfg.epochs} batch {state.batch_in_epoch}/{len(batches)}: "
-                            f"train_loss={line_loss[0] / line_loss[1]:.4f} tokens/s={line_tokens / max(now - line_at, 1e-9):,.0f}"
+                            f"train_loss={line_loss[0] / line_loss[1]:.4f} tokens/s={line_tokens / max(now - line_at, 1e-9):,.0f} "
+                            f"grad_norm={state.grad_norm_sum / max(state.loss_count, 1):.3f} clipped={state.clipped_steps / max(state.loss_count, 1):.0%}"
                         )
                         line_at, line_tokens, line_loss = now, 0, (0.0, 0)
                 reason = self._limit_reached(start)
@@ -364,8 +379,12 @@ class Trainer:
         loss.backward()
         # the norm (clipped or not) also catches inf/nan gradients before they reach the weights
         norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or math.inf)
-        if not math.isfinite(float(norm)):
-            raise self._not_finite(f"the gradient norm became {float(norm)}")
+        norm = float(norm)  # before clipping
+        if not math.isfinite(norm):
+            raise self._not_finite(f"the gradient norm became {norm}")
+        state.grad_norm_sum += norm
+        state.grad_norm_max = max(state.grad_norm_max, norm)
+        state.clipped_steps += bool(cfg.grad_clip) and norm > cfg.grad_clip
         self.optimizer.step()
         if self.scheduler is not None and not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self._time_progress = self._elapsed_fraction()
@@ -450,22 +469,31 @@ class Trainer:
             )
         elapsed = time.perf_counter() - start
         train_loss = state.loss_sum / state.loss_count if state.loss_count else None
+        steps = state.loss_count
         record = {
             "epoch": round(state.epoch + state.batch_in_epoch / self.steps_per_epoch, 4),
             "step": state.step,
             "train_loss": train_loss,
             "lr": self.optimizer.param_groups[0]["lr"],
+            "grad_norm": state.grad_norm_sum / steps if steps else None,  # mean before clipping
+            "grad_norm_max": state.grad_norm_max if steps else None,
+            "clipped_fraction": state.clipped_steps / steps if steps else None,  # steps where clipping fired
             "padding_fraction": round(self.padding, 6),
             "tokens_per_second": state.tokens / elapsed if elapsed > 0 else None,
             "elapsed_seconds": round(elapsed, 3),
             "validation": metrics,
         }
         state.loss_sum, state.loss_count = 0.0, 0
+        state.grad_norm_sum, state.grad_norm_max, state.clipped_steps = 0.0, 0.0, 0
         self.last_metrics = metrics
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        if self.tensorboard is not None:
+            from nlptoolkit.tensorboard_log import log_record
+
+            log_record(self.tensorboard, record)
 
         value = metrics[self.metric]
         better = state.best_value is None or (value < state.best_value if self.mode == "min" else value > state.best_value)
