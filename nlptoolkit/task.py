@@ -69,6 +69,9 @@ class Task:
     # What `nlptk predict` gives `predict`: "text" (strings) or "features" (fixed-size
     # vectors read by `--features FILE`; such a task sets ``self.feature_size``).
     input_kind: ClassVar[str] = "text"
+    # A task that writes sequences takes the decoding settings `--beam` and `--nbest`
+    # (``beam_size``, ``nbest``; its Options give the default ``beam_size``).
+    decodes: ClassVar[bool] = False
 
     def __init__(self, recipe: Any, run_dir: Optional[Path] = None) -> None:
         self.recipe = recipe
@@ -76,6 +79,7 @@ class Task:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.device = torch.device("cpu")
         self.sources: Dict[str, str] = {}  # split -> how to name it in errors (file and recipe key)
+        self.decoding: Dict[str, int] = {}  # --beam / --nbest from the command line (set_decoding)
 
     def data_error(self, split: str, row: int, message: str) -> NlptkError:
         """An error that names the file (or split) and row of bad data."""
@@ -209,12 +213,21 @@ class Task:
     def set_decoding(self, **options: Any) -> None:
         """Decoding settings from the command line (``beam_size``, ``nbest``), applied before evaluate/predict.
 
-        Only the settings a user gave are passed. Tasks that write sequences
-        override this; the base refuses every setting.
+        Only the settings a user gave are passed; they are kept in
+        ``self.decoding`` for the task's search options. A task that does not
+        write sequences (``decodes`` False) refuses every setting.
         """
-        if options:
+        if options and not self.decodes:
             flags = ", ".join("--" + k.replace("_size", "") for k in options)
             raise NlptkError(f"{flags}: task '{self.name}' does not decode sequences, so there is nothing to search; leave the option out")
+        unknown = set(options) - {"beam_size", "nbest"}
+        if unknown:
+            raise NlptkError(f"task '{self.name}': unknown decoding setting {', '.join(sorted(unknown))}")
+        beam = options.get("beam_size", getattr(self.options, "beam_size", 1))
+        nbest = options.get("nbest")
+        if nbest is not None and nbest > beam:
+            raise NlptkError(f"--nbest {nbest}: at most the beam size ({beam}); add --beam {nbest}")
+        self.decoding = dict(options)
 
     def format_prediction(self, result: Dict[str, Any]) -> str:
         """The line `nlptk predict` prints for one result (default: the result as JSON)."""

@@ -114,10 +114,7 @@ class CaptioningTask(Task):
     Options = CaptioningOptions
     metrics = ("exact_match", "bleu", "loss")
     input_kind = "features"
-
-    def __init__(self, recipe: Any, run_dir: Any = None) -> None:
-        super().__init__(recipe, run_dir)
-        self.decoding: Dict[str, int] = {}  # --beam / --nbest from the command line
+    decodes = True  # --beam / --nbest (Task.set_decoding keeps them in self.decoding)
 
     # -- data -----------------------------------------------------------------
     def setup(self, train: Any) -> None:
@@ -199,15 +196,6 @@ class CaptioningTask(Task):
             max_length=self.options.max_length, length_penalty=self.options.length_penalty, banned=(v.pad_id, v.bos_id),
         )
 
-    def set_decoding(self, **options: Any) -> None:
-        unknown = set(options) - {"beam_size", "nbest"}
-        if unknown:
-            raise NlptkError(f"task '{self.name}': unknown decoding setting {', '.join(sorted(unknown))}")
-        beam = options.get("beam_size", self.options.beam_size)
-        nbest = options.get("nbest")
-        if nbest is not None and nbest > beam:
-            raise NlptkError(f"--nbest {nbest}: at most the beam size ({beam}); add --beam {nbest}")
-        self.decoding = dict(options)
 
     def caption(self, model: nn.Module, features: Tensor, options: SearchOptions) -> List[List[Any]]:
         """The search's hypotheses for a (B, F) batch of features, through the decoder's fast frozen path."""

@@ -71,11 +71,11 @@ class Seq2SeqTask(Task):
     Options = Seq2SeqOptions
     metrics = ("loss", "perplexity", "bleu", "chrf", "wer", "per")
     lower_is_better = frozenset({"loss", "perplexity", "wer", "per"})
+    decodes = True  # --beam / --nbest (Task.set_decoding keeps them in self.decoding)
 
     def __init__(self, recipe: Any, run_dir: Any = None) -> None:
         super().__init__(recipe, run_dir)
         check_recipe(recipe)
-        self.decoding: Dict[str, int] = {}  # --beam / --nbest from the command line
 
     # -- data -----------------------------------------------------------------
     @property
@@ -176,16 +176,6 @@ class Seq2SeqTask(Task):
             min_length=o.min_length, length_penalty=o.length_penalty, no_repeat_ngram=o.no_repeat_ngram,
             banned=(v.pad_id, v.bos_id),
         )
-
-    def set_decoding(self, **options: Any) -> None:
-        unknown = set(options) - {"beam_size", "nbest"}
-        if unknown:
-            raise NlptkError(f"task '{self.name}': unknown decoding setting {', '.join(sorted(unknown))}")
-        beam = options.get("beam_size", self.options.beam_size)
-        nbest = options.get("nbest")
-        if nbest is not None and nbest > beam:
-            raise NlptkError(f"--nbest {nbest}: at most the beam size ({beam}); add --beam {nbest}")
-        self.decoding = dict(options)
 
     def evaluate_batch(self, model: nn.Module, batch: Dict[str, Tensor]) -> Dict[str, Any]:
         """Teacher-forced loss on the reference (summed over real target tokens, no label smoothing);
