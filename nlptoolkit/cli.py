@@ -15,6 +15,7 @@ exit with code 2; `--debug` shows the traceback instead.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any, List, Optional, Sequence
 
@@ -427,7 +428,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         _fail(str(exc))
         sys.exit(exc.exit_code)
     except TrainingInterrupted as exc:
-        _fail(str(exc))
+        if os.environ.get("RANK", "0") == "0":  # one "Resume with" line, not one per process
+            _fail(str(exc))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted")

@@ -328,10 +328,12 @@ def recipe_from_dict(
     options = {k: v for k, v in task_section.items() if k != "name"}
     recipe.task_options = build(task_cls.Options, options, "task", where)
     metric = recipe.train.early_stopping.metric
-    if metric not in task_cls.metrics:
+    reported = task_cls.reported_metrics(recipe)
+    if metric not in reported:
+        kind = "" if metric not in task_cls.metrics else f" for this recipe (data.tokenizer.kind: {recipe.data.tokenizer.kind})"
         raise where.error(
             "train.early_stopping.metric",
-            f"'{metric}' is not a metric of task '{recipe.task}'{did_you_mean(metric, task_cls.metrics)}; it reports {', '.join(task_cls.metrics)}",
+            f"'{metric}' is not a metric of task '{recipe.task}'{kind}{did_you_mean(metric, reported)}; it reports {', '.join(reported)}",
         )
     check_data_section(recipe.data, where)
     return recipe

@@ -73,6 +73,12 @@ class Task:
     # (``beam_size``, ``nbest``; its Options give the default ``beam_size``).
     decodes: ClassVar[bool] = False
 
+    @classmethod
+    def reported_metrics(cls, recipe: Any) -> Sequence[str]:
+        """The metrics `evaluate` returns for this recipe, so `nlptk validate` can check
+        ``train.early_stopping.metric`` before training; override when options change them."""
+        return cls.metrics
+
     def __init__(self, recipe: Any, run_dir: Optional[Path] = None) -> None:
         self.recipe = recipe
         self.options = recipe.task_options

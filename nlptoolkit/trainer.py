@@ -265,7 +265,8 @@ class Trainer:
         if steps_per_epoch == 0:
             raise NlptkError(f"train.batch_size: {cfg.batch_size} leaves no training batch for {self.world_size} process(es); lower it or add data")
         self.steps_per_epoch = steps_per_epoch
-        total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
+        # training ends at whichever comes first, max_steps or the last epoch: so does the schedule
+        total_steps = min(cfg.max_steps or math.inf, steps_per_epoch * cfg.epochs)
         resumed_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.scheduler = self._build_scheduler(total_steps)
         if getattr(self, "_pending_scheduler", None) and self.scheduler is not None:
@@ -274,6 +275,8 @@ class Trainer:
             # interrupted run was using, or the first resumed step trains with the wrong one
             for group, lr in zip(self.optimizer.param_groups, resumed_lrs):
                 group["lr"] = lr
+        if self._plateau_warmup and self.state.step < cfg.warmup_steps:
+            self._set_warmup_lr(self.state.step)
 
         choice = self.precision
         if choice.requested != "fp32":  # auto or bf16: say what was picked and why (summary.json has it too)
@@ -310,7 +313,7 @@ class Trainer:
             tick, tick_tokens = time.perf_counter(), 0
             line_at, line_tokens, line_loss = tick, 0, (0.0, 0)  # for the plain progress lines
             for batch in batches.from_position(state.batch_in_epoch):
-                if self._stop_signal is not None:
+                if self._agreed_signal is not None:
                     self._interrupt(start)
                 loss_value = self._step(batch)
                 tokens = task.count_tokens(batch) * self.world_size
@@ -340,7 +343,7 @@ class Trainer:
                             f"grad_norm={state.grad_norm_sum / max(state.loss_count, 1):.3f} clipped={state.clipped_steps / max(state.loss_count, 1):.0%}"
                         )
                         line_at, line_tokens, line_loss = now, 0, (0.0, 0)
-                reason = self._limit_reached(start)
+                reason = self._stop_reason(start)
                 if cfg.eval_every and state.step % cfg.eval_every == 0 and not reason:
                     if self._evaluate(validation, start):
                         reason = "early_stopping"
@@ -357,7 +360,9 @@ class Trainer:
                     if self._evaluate(validation, start):
                         stopped, state.finished = "early_stopping", True
         state.finished = True
-        if state.loss_count or self.last_eval_step != state.step:
+        # every process takes this branch alike (the evaluation broadcasts): decide on shared
+        # state only; loss_count, say, is reset by rank 0's evaluation alone
+        if self.last_eval_step != state.step:
             self._evaluate(validation, start)
         state.train_seconds = time.perf_counter() - start
         self.save_last()
@@ -386,6 +391,8 @@ class Trainer:
         state.grad_norm_max = max(state.grad_norm_max, norm)
         state.clipped_steps += bool(cfg.grad_clip) and norm > cfg.grad_clip
         self.optimizer.step()
+        if self._plateau_warmup and state.step + 1 <= cfg.warmup_steps:
+            self._set_warmup_lr(state.step + 1)
         if self.scheduler is not None and not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self._time_progress = self._elapsed_fraction()
             self.scheduler.step()
@@ -411,6 +418,17 @@ class Trainer:
             fraction = float(shared[0])
         return fraction
 
+    @property
+    def _plateau_warmup(self) -> bool:
+        return self.cfg.scheduler == "plateau" and self.cfg.warmup_steps > 0
+
+    def _set_warmup_lr(self, step: int) -> None:
+        """With ``scheduler: plateau``, the warm-up the other schedules get from their factor:
+        the learning rate for (0-based) ``step`` is lr * (step + 1) / warmup_steps, then lr."""
+        lr = self.cfg.lr * min(1.0, (step + 1) / self.cfg.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
     def _not_finite(self, what: str) -> NlptkError:
         """Stop before a bad update; last.pt (if any) still holds the last good state."""
         cfg, state = self.cfg, self.state
@@ -424,16 +442,30 @@ class Trainer:
             f"lower train.lr (now {cfg.lr}) or set a smaller train.grad_clip (now {cfg.grad_clip}); {kept}"
         )
 
-    def _limit_reached(self, start: float) -> Optional[str]:
+    _agreed_signal: Optional[int] = None  # a SIGINT/SIGTERM that every process has agreed to stop on
+
+    def _stop_reason(self, start: float) -> Optional[str]:
+        """After each step: has a limit been reached, or a signal come in?
+
+        With several processes they must all agree, or one would wait in a
+        collective (the next step's gradients, an evaluation's broadcast) that the
+        others never join: the clock (max_minutes) and signals differ between
+        processes, so their readings are combined (8 bytes a step).
+        """
         cfg, state = self.cfg, self.state
+        minutes_up = cfg.max_minutes is not None and time.perf_counter() - start >= cfg.max_minutes * 60
+        signum = self._stop_signal or 0
+        if self.world_size > 1:
+            flags = torch.tensor([float(minutes_up), float(signum)], dtype=torch.float64, device=self.device)
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+            minutes_up, signum = bool(flags[0]), int(flags[1])
+        self._agreed_signal = signum or None  # acted on before the next step
         if cfg.max_steps and state.step >= cfg.max_steps:
             return "max_steps"
-        if cfg.max_minutes is not None and time.perf_counter() - start >= cfg.max_minutes * 60:
-            return "max_minutes"
-        return None
+        return "max_minutes" if minutes_up else None
 
     def _interrupt(self, start: float) -> None:
-        signum = self._stop_signal
+        signum = self._agreed_signal
         self.state.train_seconds = time.perf_counter() - start
         self.save_last()
         raise TrainingInterrupted(
@@ -450,8 +482,8 @@ class Trainer:
             shared = torch.tensor([value, float(stop)], dtype=torch.float64, device=self.device)
             torch.distributed.broadcast(shared, src=0)
             value, stop = float(shared[0]), bool(shared[1])
-        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            self.scheduler.step(value)
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and self.state.step >= self.cfg.warmup_steps:
+            self.scheduler.step(value)  # plateau reductions start once the warm-up is over
         self.save_last()
         return stop
 

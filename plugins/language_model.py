@@ -25,7 +25,7 @@ import sys
 from array import array
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -180,6 +180,11 @@ class LanguageModelTask(Task):
     Options = LanguageModelOptions
     shuffle_split = False  # a carved validation split is the end of the text, not random lines
     metrics = ("loss", "perplexity", "bpc")
+
+    @classmethod
+    def reported_metrics(cls, recipe: Any) -> Sequence[str]:
+        """Bits per character only for a char model: a word or piece is not a character."""
+        return cls.metrics if recipe.data.tokenizer.kind == "char" else ("loss", "perplexity")
 
     def __init__(self, recipe: Any, run_dir: Any = None) -> None:
         super().__init__(recipe, run_dir)

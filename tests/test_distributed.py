@@ -28,3 +28,74 @@ def test_two_processes_match_one_process(tmp_path, tiny_sentiment, run_cli):
     lines_one = (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()
     lines_two = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
     assert len(lines_one) == len(lines_two)
+
+
+# -- every way a multi-process run can end ---------------------------------------------------------
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import pytest  # noqa: E402
+
+from conftest import REPO  # noqa: E402
+
+# The tiny recipe: 60 rows, global batch 8, so 8 steps an epoch; fp32, evaluation every 3 steps.
+ENDINGS = {
+    # the user's report: evaluation at the epoch's end, then the final-evaluation check
+    "completed": ["--set", "train.max_steps=null", "--set", "train.eval_every=null", "--set", "train.epochs=2"],
+    "early_stopping": ["--set", "train.max_steps=null", "--set", "train.eval_every=null", "--set", "train.epochs=30",
+                       "--set", "train.early_stopping.metric=loss", "--set", "train.early_stopping.patience=1"],
+    "max_steps": ["--set", "train.max_steps=5", "--set", "train.epochs=3"],  # mid-epoch, between evaluations
+    # the processes' clocks differ: a budget of 0.6 s runs out on one before the other
+    "max_minutes": ["--set", "train.max_steps=null", "--set", "train.epochs=1000", "--set", "train.max_minutes=0.01"],
+}
+
+
+def assert_evaluate_reads(run, run_cli, tmp_path):
+    code, out, err = run_cli(["evaluate", run, "--json"], cwd=tmp_path)
+    assert code == 0, err
+    assert set(json.loads(out)) >= {"accuracy", "loss"}
+
+
+@pytest.mark.parametrize("ending", [
+    "completed",
+    pytest.param("early_stopping", marks=pytest.mark.slow),
+    pytest.param("max_steps", marks=pytest.mark.slow),
+    pytest.param("max_minutes", marks=pytest.mark.slow),
+])
+def test_two_processes_end_cleanly(ending, tmp_path, tiny_sentiment, run_cli):
+    run = tmp_path / "run"
+    code, out, err = run_cli(["run", tiny_sentiment.recipe, "--output-dir", run, "--nproc", "2", "--quiet", *ENDINGS[ending]], cwd=tmp_path)
+    assert code == 0, err
+    assert "Traceback" not in err and "Error" not in err, err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped"] == ending and summary["processes"] == 2
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == summary["steps"]  # the final evaluation, once, by rank 0
+    assert len({r["step"] for r in records}) == len(records)
+    assert_evaluate_reads(run, run_cli, tmp_path)
+
+
+@pytest.mark.parametrize("sig", ["TERM", pytest.param("INT", marks=pytest.mark.slow)])
+def test_two_processes_stopped_by_a_signal_save_and_resume(sig, tmp_path, tiny_sentiment, run_cli):
+    """SIGTERM (or Ctrl-C's SIGINT) to `nlptk run --nproc 2`: both processes stop at the same step."""
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    args = ["run", str(tiny_sentiment.recipe), "--output-dir", str(run), "--nproc", "2", "--quiet",
+            "--set", "train.max_steps=null", "--set", "train.epochs=1000", "--set", "train.eval_every=2"]
+    proc = subprocess.Popen([sys.executable, "-m", "nlptoolkit.cli", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "best.pt").exists():
+        time.sleep(0.05)
+    proc.send_signal(getattr(signal, "SIG" + sig))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == {"TERM": 143, "INT": 130}[sig], err
+    assert "Traceback" not in err, err
+    resume = [line for line in err.splitlines() if "Resume with:" in line]
+    assert len(resume) == 1 and resume[0].endswith(f"nlptk run --resume {run} --nproc 2"), err
+    assert not (run / "summary.json").exists()
+    assert_evaluate_reads(run, run_cli, tmp_path)

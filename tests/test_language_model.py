@@ -14,12 +14,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import one_line_error
 from nlptoolkit import NlptkError, Vocabulary
 from nlptoolkit.cli import main
-from nlptoolkit.recipe import recipe_from_dict
+from nlptoolkit.recipe import load_recipe, recipe_from_dict
 from nlptoolkit.runs import make_task, train
 from nlptoolkit.stepper import Stepper
-from nlptoolkit_plugins.language_model import pick_token, sample_ids
+from nlptoolkit_plugins.language_model import LanguageModelTask, pick_token, sample_ids
 
 TEXT = "the cat sat on the mat.\nthe dog sat on the log.\n" * 4
 
@@ -348,3 +349,24 @@ def test_pick_token_frequencies_follow_the_softmax():
     assert ((counts - expected).abs() <= 4 * expected.clamp(min=1).sqrt() + 1).all(), (counts, expected)
     top2 = torch.bincount(torch.tensor([pick_token(logits, 0.5, 2, generator) for _ in range(2000)]), minlength=5)
     assert top2[2:].sum() == 0 and top2[0] > top2[1] > 0
+
+
+def test_validate_rejects_bpc_for_a_word_model_and_accepts_it_for_a_char_model(tmp_path, cli):
+    """A word (or subword) model reports no bits per character; `nlptk validate` says so before any training."""
+    (tmp_path / "train.txt").write_text("the cat sat\n", encoding="utf-8")
+    for kind in ("word", "sentencepiece", "char"):
+        recipe = tmp_path / f"{kind}.yaml"
+        recipe.write_text(
+            f"name: lm\ntask: {{name: language_model}}\ndata:\n  files: {{train: train.txt}}\n  tokenizer: {{kind: {kind}}}\n"
+            "train:\n  early_stopping: {metric: bpc}\n",
+            encoding="utf-8",
+        )
+        code, out, err = cli(["validate", recipe])
+        if kind == "char":
+            assert code == 0, err
+            continue
+        msg = one_line_error(code, out, err)
+        assert "train.early_stopping.metric" in msg and "'bpc'" in msg and f"{kind}" in msg, msg
+        assert "loss, perplexity" in msg, msg
+    recipe = load_recipe(str(tmp_path / "char.yaml"))
+    assert LanguageModelTask.reported_metrics(recipe) == ("loss", "perplexity", "bpc")

@@ -61,3 +61,28 @@ def test_cosine_follows_the_steps_when_they_run_out_first(tiny_sentiment, tmp_pa
     got = lrs(tmp_path / "run")
     for step, lr in got.items():
         assert lr == pytest.approx(cosine(step / 20), abs=1e-12), step
+
+
+def test_cosine_decays_to_zero_when_the_epochs_run_out_before_max_steps(tiny_sentiment, tmp_path):
+    """1 epoch of 8 steps with max_steps 1000: training ends at step 8, and so must the decay."""
+    sets = ["train.scheduler=cosine", "train.max_steps=1000", "train.epochs=1", "train.eval_every=2"]
+    summary = train(str(tiny_sentiment.recipe), overrides=sets, output_dir=str(tmp_path / "run"), quiet=True)
+    assert summary["stopped"] == "completed" and summary["steps"] == 8
+    got = lrs(tmp_path / "run")
+    assert sorted(got) == [2, 4, 6, 8]
+    for step, lr in got.items():
+        assert lr == pytest.approx(cosine(step / 8), abs=1e-12), step
+    assert got[8] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_warmup_steps_work_with_the_plateau_scheduler(tiny_sentiment, tmp_path):
+    """warmup_steps: 4 ramps the learning rate up as it does for the other schedules (lr * (step + 1) / 4
+    for the step after `step`), and plateau reductions start only after it."""
+    sets = ["train.scheduler=plateau", "train.warmup_steps=4", "train.max_steps=8", "train.eval_every=1"]
+    train(str(tiny_sentiment.recipe), overrides=sets, output_dir=str(tmp_path / "run"), quiet=True)
+    got = lrs(tmp_path / "run")
+    for step in (1, 2, 3, 4):
+        assert got[step] == pytest.approx(LR * min(1.0, (step + 1) / 4), abs=1e-12), step
+    # afterwards only ReduceLROnPlateau moves it: halvings of the full rate
+    for step in (5, 6, 7, 8):
+        assert any(got[step] == pytest.approx(LR / 2**k, abs=1e-12) for k in range(5)), (step, got[step])
