@@ -31,6 +31,7 @@ from nlptoolkit.trainer import Trainer, seed_everything
 CASES = {
     "sentiment": ("recipes/sentiment.yaml", 60),
     "char_lm": ("recipes/char_lm.yaml", 40),
+    "tagging": ("recipes/ner.yaml", 60),  # BiLSTM + char BiLSTM over each batch's words + CRF
 }
 
 

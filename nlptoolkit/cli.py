@@ -94,7 +94,10 @@ def run(
     if summary.get("rank", 0) != 0:
         return
     best = summary["best"]
-    final = " ".join(f"{k}={v:.4f}" for k, v in summary["final"].items())
+    from nlptoolkit.registry import registry
+
+    headline = registry.get(summary["task"]).metrics  # summary.json keeps every key
+    final = " ".join(f"{k}={v:.4f}" for k, v in summary["final"].items() if k in headline)
     click.echo(
         f"finished ({summary['stopped']}) in {summary['train_seconds']:.1f} s, {summary['steps']} steps; "
         f"best validation {best['metric']}={best['value']:.4f} at step {best['step']}; final validation {final}; "

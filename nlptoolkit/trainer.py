@@ -534,7 +534,9 @@ class Trainer:
             save_checkpoint(self.run_dir / "best.pt", {**self._payload(full=False), "metrics": metrics})
         else:
             state.bad_evals += 1
-        shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+        # the log line shows the task's headline metrics; metrics.jsonl keeps every key
+        # (a tagger's per-entity-type scores, for instance)
+        shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k in task.metrics)
         loss_text = f"train_loss={train_loss:.4f} " if train_loss is not None else ""
         self.log(f"step {state.step} epoch {state.epoch}: {loss_text}validation {shown}{' *' if better else ''}")
         task.after_evaluate(self.raw_model, self.log)
