@@ -285,3 +285,17 @@ def test_frame_tagging_learns_a_running_sum(cli, tmp_path):
     assert f"{wrong} (--files test), row 1: vector 2 has width 3, but the model reads vectors of width 2" in line
     line = one_line_error(*cli(["predict", tmp_path / "run", "[[1, 2, 3, 4]]"]))
     assert "input 1: vector 1 has width 4, but the model reads vectors of width 2" in line
+
+
+# --------------------------------------------------------------------------
+# the bundled recipes meet their targets (minutes each: pytest -m slow)
+# --------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe,metric,target", [("recipes/pos.yaml", "accuracy", 0.95), ("recipes/ner.yaml", "f1", 0.40)])
+def test_bundled_recipe_meets_its_target(run_cli, tmp_path, recipe, metric, target):
+    from conftest import REPO
+
+    code, out, err = run_cli(["run", REPO / recipe, "--output-dir", tmp_path / "run", "--quiet"], cwd=REPO, timeout=1800)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["best"]["metrics"][metric] >= target, summary["best"]
