@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from nlptoolkit import (
     CRF, CharEncoder, NlptkError, RNNEncoder, Task, Vocabulary, at_least, build_tokenizer, char_batch, column,
-    pad_batch, register_task,
+    feature_matrix, pad_batch, register_task,
 )
 
 IGNORE = -100  # the tag id of padding (and of a gold tag the model never saw): left out of the loss
@@ -198,18 +198,8 @@ class TaggingTask(Task):
                     raise self.data_error(split, row, f"token {position + 1} of '{opts.tokens_field}' is {token!r}, not a non-empty string")
 
     def _vectors(self, frames: List[Any], where: str) -> Tensor:
-        """A (T, F) tensor from a list of frames; a frame of the wrong width is named."""
-        for position, frame in enumerate(frames):
-            if not isinstance(frame, list) or len(frame) != self.input_size:
-                width = f"width {len(frame)}" if isinstance(frame, list) else f"a {type(frame).__name__}, not a vector"
-                raise NlptkError(f"{where}: vector {position + 1} has {width}, but the model reads vectors of width {self.input_size} (task.input_size); give every frame {self.input_size} numbers")
-        try:
-            vectors = torch.tensor(frames, dtype=torch.float32)
-        except (TypeError, ValueError):
-            raise NlptkError(f"{where}: the vectors hold something that is not a number; every frame is a list of numbers") from None
-        if not torch.isfinite(vectors).all():
-            raise NlptkError(f"{where}: the vectors hold NaN or infinity; every value must be a finite number")
-        return vectors
+        """A (T, F) tensor from a list of frames; a frame of the wrong width is named with both widths."""
+        return feature_matrix(frames, self.input_size, lambda i: f"{where}, frame {i + 1}", "the vector")
 
     def encode(self, dataset: Any, split: str) -> List[Sentence]:
         opts = self.options

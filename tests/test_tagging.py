@@ -282,9 +282,9 @@ def test_frame_tagging_learns_a_running_sum(cli, tmp_path):
     # a frame of the wrong width names both widths
     wrong = write_jsonl(tmp_path / "wrong.jsonl", [{"frames": [[0.1, 0.2], [0.1, 0.2, 0.3]], "labels": ["pos", "pos"]}])
     line = one_line_error(*cli(["evaluate", tmp_path / "run", "--files", f"test={wrong}"]))
-    assert f"{wrong} (--files test), row 1: vector 2 has width 3, but the model reads vectors of width 2" in line
+    assert f"{wrong} (--files test), row 1, frame 2: the vector has 3 numbers, but the model reads vectors of 2" in line
     line = one_line_error(*cli(["predict", tmp_path / "run", "[[1, 2, 3, 4]]"]))
-    assert "input 1: vector 1 has width 4, but the model reads vectors of width 2" in line
+    assert "input 1, frame 1: the vector has 4 numbers, but the model reads vectors of 2" in line
 
 
 # --------------------------------------------------------------------------
