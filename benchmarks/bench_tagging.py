@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
@@ -126,17 +127,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--only", choices=sorted(RUNS), nargs="*", default=sorted(RUNS, reverse=True))
+    parser.add_argument("--jobs", type=int, default=1, help="recipe runs at once (their times then include each other's load)")
     args = parser.parse_args()
     rows: List[Dict[str, Any]] = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.jobs) as pool:
         for group in args.only:
             rows.append({"group": group, "name": f"{group}: most frequent tag per word, unseen words the commonest tag (baseline)", **most_frequent_tag(group)})
             if group == "pos":
                 rows.append({"group": group, "name": "pos: most frequent tag per word, unseen words by spelling rules (baseline)", **most_frequent_tag(group, rules=True)})
-            for i, (name, recipe, overrides) in enumerate(RUNS[group]):
-                rows.append({"group": group, "name": name, **run_recipe(recipe, overrides, Path(tmp) / f"{group}{i}")})
-                if not args.json:
-                    print(f"done: {name}", file=sys.stderr, flush=True)
+            runs = [(name, pool.submit(run_recipe, recipe, overrides, Path(tmp) / f"{group}{i}")) for i, (name, recipe, overrides) in enumerate(RUNS[group])]
+            for name, future in runs:
+                rows.append({"group": group, "name": name, **future.result(), "jobs": args.jobs})
+                print(f"done: {name}", file=sys.stderr, flush=True)
     env = environment()
     if args.json:
         print(json.dumps({**env, "rows": rows}))
