@@ -42,30 +42,30 @@ def _addmm(weight: Tensor) -> Product:
     return lambda x, bias: torch.addmm(bias, x, stored.t())
 
 
+def _packed(stored: Tensor, packed_product: Callable[[Tensor], Tensor]) -> Product:
+    """A product on a packed weight layout; the packed ops have no backward, so a product that
+    needs gradients takes plain ``addmm`` on the stored weights instead."""
+
+    def product(x: Tensor, bias: Tensor) -> Tensor:
+        if x.requires_grad and torch.is_grad_enabled():
+            return torch.addmm(bias, x, stored.t())
+        return packed_product(x).add_(bias)
+
+    return product
+
+
 def _mkl_packed(weight: Tensor) -> Product:
     """MKL's packed GEMM format (``cblas_sgemm_pack``), packed for batch 1."""
     stored = weight.contiguous()
     packed = torch.ops.mkl._mkl_reorder_linear_weight(stored, 1)
-
-    def product(x: Tensor, bias: Tensor) -> Tensor:
-        if x.requires_grad and torch.is_grad_enabled():  # the packed op has no backward
-            return torch.addmm(bias, x, stored.t())
-        return torch.ops.mkl._mkl_linear(x, packed, stored, None, 1).add_(bias)
-
-    return product
+    return _packed(stored, lambda x: torch.ops.mkl._mkl_linear(x, packed, stored, None, 1))
 
 
 def _onednn(weight: Tensor) -> Product:
     """oneDNN's inner product on weights reordered once into its blocked layout for batch 1."""
     stored = weight.contiguous()
     packed = torch.ops.mkldnn._reorder_linear_weight(stored, 1)
-
-    def product(x: Tensor, bias: Tensor) -> Tensor:
-        if x.requires_grad and torch.is_grad_enabled():  # the packed op has no backward
-            return torch.addmm(bias, x, stored.t())
-        return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "").add_(bias)
-
-    return product
+    return _packed(stored, lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""))
 
 
 # The ways, in order of preference on a tie (the first is the plain-PyTorch default, the fallback
