@@ -5,7 +5,8 @@ The public API for plugin authors is what this module exports: subclass
 :class:`RNNEncoder` (with :class:`Stepper` to run it a token at a time when
 generating, :class:`CharEncoder` for character features of words, :class:`CRF`
 for a tag-sequence output layer), write sequences with :class:`RNNDecoder` and the
-search of :mod:`nlptoolkit.search` (its docstring gives the decoder contract),
+search of :mod:`nlptoolkit.search` (its docstring gives the decoder contract;
+a task's options inherit the recipe keys of :class:`DecodingOptions`),
 declare options with :func:`at_least` for bounded numbers, and use the data helpers
 for tokens, vocabularies and batches.
 Plugins import nothing else from nlptoolkit.
@@ -24,7 +25,7 @@ from nlptoolkit.errors import NlptkError
 from nlptoolkit.metrics import accuracy, classification_metrics, macro_f1
 from nlptoolkit.recipe import TokenizerConfig
 from nlptoolkit.registry import register_probe, register_task
-from nlptoolkit.search import Hypothesis, SearchOptions, beam_search, decode, greedy_search
+from nlptoolkit.search import DecodingOptions, Hypothesis, SearchOptions, beam_search, decode, greedy_search
 from nlptoolkit.stepper import Stepper
 from nlptoolkit.task import Task
 from nlptoolkit.api import Run, load, train
@@ -37,5 +38,5 @@ __all__ = [
     "feature_matrix", "read_feature_file",
     "train", "load", "Run",
     "RNNDecoder", "EncoderDecoder", "Memory", "DecoderState", "Bridge", "Attention",
-    "SearchOptions", "Hypothesis", "decode", "greedy_search", "beam_search",
+    "DecodingOptions", "SearchOptions", "Hypothesis", "decode", "greedy_search", "beam_search",
 ]

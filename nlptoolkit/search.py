@@ -37,10 +37,13 @@ hypotheses; the live beams left at ``max_length`` are ended there. With
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor
+
+from nlptoolkit.config_schema import at_least
+from nlptoolkit.errors import NlptkError
 
 NEG_INF = float("-inf")
 
@@ -65,6 +68,45 @@ class SearchOptions:
             raise ValueError(f"need 1 <= nbest <= beam_size, got nbest {self.nbest}, beam_size {self.beam_size}")
         if self.max_length < 1 or not 0 <= self.min_length < self.max_length:
             raise ValueError(f"need 0 <= min_length < max_length and max_length >= 1, got {self.min_length}, {self.max_length}")
+
+
+@dataclass
+class DecodingOptions:
+    """The decoding keys of a recipe's ``task:`` section, shared by every task that writes sequences.
+
+    A task's ``Options`` dataclass inherits them (``class MyOptions(DecodingOptions)``),
+    so seq2seq, captioning and a plugin's own decoder read, check and document
+    them the same way; :meth:`search_options` turns them into the search's
+    :class:`SearchOptions`, with what ``--beam``/``--nbest`` changed.
+    """
+
+    beam_size: int = at_least(1, 1)  # 1 is greedy search; `--beam` overrides at evaluate/predict
+    nbest: int = at_least(1, 1)  # hypotheses returned per input (at most beam_size); `--nbest` overrides
+    length_penalty: float = at_least(0.0, 0.0)  # alpha: a finished beam scores log P / length ** alpha
+    min_length: int = at_least(0, 0)  # tokens before <eos> is allowed
+    max_length: int = at_least(1, 200)  # tokens at most, <eos> included
+    no_repeat_ngram: int = at_least(0, 0)  # n > 0: no n-gram twice in an output
+
+    def __post_init__(self) -> None:
+        if self.nbest > self.beam_size:
+            raise NlptkError(f"task.nbest: at most task.beam_size ({self.beam_size}), got {self.nbest}; raise beam_size or lower nbest")
+        if self.min_length >= self.max_length:
+            raise NlptkError(f"task.min_length: must be below task.max_length ({self.max_length}), got {self.min_length}")
+
+    def search_options(
+        self, bos_id: int, eos_id: int, banned: Sequence[int] = (), overrides: Optional[Dict[str, int]] = None,
+        max_length: Optional[int] = None,
+    ) -> SearchOptions:
+        """These settings as the search's options; ``overrides`` is ``Task.decoding`` (``--beam``, ``--nbest``),
+        ``max_length`` a tighter cap for this batch (e.g. a multiple of its longest source)."""
+        overrides = overrides or {}
+        beam = overrides.get("beam_size", self.beam_size)
+        nbest = min(overrides.get("nbest", self.nbest), beam)
+        cap = self.max_length if max_length is None else max(self.min_length + 1, min(self.max_length, max_length))
+        return SearchOptions(
+            bos_id=bos_id, eos_id=eos_id, beam_size=beam, nbest=nbest, max_length=cap, min_length=self.min_length,
+            length_penalty=self.length_penalty, no_repeat_ngram=self.no_repeat_ngram, banned=tuple(banned),
+        )
 
 
 @dataclass
@@ -112,90 +154,109 @@ def _penalised(log_prob: float, length: int, alpha: float) -> float:
 
 @torch.no_grad()
 def greedy_search(model: Any, src: Tensor, lengths: Optional[Tensor], options: SearchOptions) -> List[List[Hypothesis]]:
-    """The most likely next token at every step, for the whole batch at once."""
+    """The most likely next token at every step, for the whole batch at once.
+
+    An example leaves the batch when it writes ``<eos>`` (its rows are dropped
+    from the state and the memory), exactly as in :func:`beam_search`.
+    """
     memory = model.encode(src, lengths)
     state = model.init_state(memory)
     B, device = src.shape[0], src.device
+    alive = torch.arange(B, device=device)  # the example of each row
     prev = torch.full((B,), options.bos_id, dtype=torch.long, device=device)
-    history = torch.zeros(B, 0, dtype=torch.long, device=device)
+    history = torch.zeros(B, 0, dtype=torch.long, device=device)  # the live rows' tokens so far
+    written = torch.full((B, options.max_length), options.eos_id, dtype=torch.long, device=device)
     total = torch.zeros(B, device=device)
-    ended = torch.zeros(B, dtype=torch.bool, device=device)
     length = torch.zeros(B, dtype=torch.long, device=device)
-    attentions: List[Tensor] = []
+    attentions: Optional[Tensor] = None  # (B, max_length, S) when kept
     for t in range(options.max_length):
         log_probs, state, attention = model.step(prev, state, memory)
         log_probs = _constrain(log_probs.float(), history, t, options)
         best, token = log_probs.max(-1)
-        total = torch.where(ended, total, total + best)
-        length = torch.where(ended, length, length + 1)
-        token = torch.where(ended, torch.full_like(token, options.eos_id), token)
-        history = torch.cat([history, token.unsqueeze(1)], 1)
+        total[alive] += best
+        length[alive] = t + 1
+        written[alive, t] = token
         if options.keep_attention and attention is not None:
-            attentions.append(attention.float())
-        ended = ended | (token == options.eos_id)
-        if bool(ended.all()):
+            if attentions is None:
+                attentions = attention.new_zeros(B, options.max_length, attention.shape[-1], dtype=torch.float)
+            attentions[alive, t] = attention.float()
+        going = token != options.eos_id
+        if not bool(going.any()):
             break
+        if not bool(going.all()):
+            keep = going.nonzero().squeeze(1)
+            alive, token, history = alive[keep], token[keep], history[keep]
+            state, memory = model.reorder(state, memory, keep)
+        history = torch.cat([history, token.unsqueeze(1)], 1)
         prev = token
     results = []
     for b in range(B):
         n = int(length[b])
-        tokens = history[b, : n - 1].tolist()  # the last step may only end the sequence, so every row ends with <eos>
-        attn = torch.stack([a[b] for a in attentions[:n]]) if attentions else None
+        tokens = written[b, : n - 1].tolist()  # the last step may only end the sequence, so every row ends with <eos>
+        attn = attentions[b, :n] if attentions is not None else None
         results.append([Hypothesis(tokens, _penalised(float(total[b]), n, options.length_penalty), float(total[b]), attn)])
     return results
 
 
 @torch.no_grad()
 def beam_search(model: Any, src: Tensor, lengths: Optional[Tensor], options: SearchOptions) -> List[List[Hypothesis]]:
-    """Batched beam search: every example's ``beam_size`` beams advance together, one step per call."""
+    """Batched beam search: every example's ``beam_size`` beams advance together, one step per call.
+
+    An example that has its ``beam_size`` finished hypotheses leaves the
+    batch (its rows are dropped from the state and the memory), so a batch
+    costs what its live examples cost, not what its longest one does.
+    """
     k, B, device = options.beam_size, src.shape[0], src.device
     memory = model.encode(src, lengths)
     state = model.init_state(memory)
     state, memory = model.reorder(state, memory, torch.arange(B, device=device).repeat_interleave(k))
+    alive = list(range(B))  # the example each block of k rows belongs to
     scores = torch.full((B, k), NEG_INF, device=device)
     scores[:, 0] = 0.0  # all beams start as the same empty hypothesis: keep one of them
     history = torch.zeros(B * k, 0, dtype=torch.long, device=device)
     attention_history: Optional[Tensor] = None
     prev = torch.full((B * k,), options.bos_id, dtype=torch.long, device=device)
     finished: List[List[Hypothesis]] = [[] for _ in range(B)]
-    done = [False] * B
-    base = (torch.arange(B, device=device) * k).unsqueeze(1)  # first row of each example
     for t in range(options.max_length):
         log_probs, state, attention = model.step(prev, state, memory)
         log_probs = _constrain(log_probs.float(), history, t, options)
-        V = log_probs.shape[-1]
+        A, V = len(alive), log_probs.shape[-1]
         if options.keep_attention and attention is not None:
             step_attention = attention.float().unsqueeze(1)
             attention_history = step_attention if attention_history is None else torch.cat([attention_history, step_attention], 1)
-        candidates = (scores.view(-1, 1) + log_probs).view(B, k * V)
+        candidates = (scores.view(-1, 1) + log_probs).view(A, k * V)
         top_scores, top_index = candidates.topk(min(2 * k, k * V), dim=1)
         top_beam, top_token = top_index // V, top_index % V
-        top_row = base + top_beam  # (B, 2k) the row each candidate extends
+        top_row = (torch.arange(A, device=device) * k).unsqueeze(1) + top_beam  # (A, 2k) the row each candidate extends
         ends = (top_token == options.eos_id) & (top_scores > NEG_INF)
 
-        # finished hypotheses: <eos> among the best k candidates of an example not yet done
+        # finished hypotheses: <eos> among the best k candidates
         if bool(ends[:, :k].any()):
-            for b, j in ends[:, :k].nonzero().tolist():
-                if done[b]:
+            for a, j in ends[:, :k].nonzero().tolist():
+                b = alive[a]
+                if len(finished[b]) >= k:
                     continue
-                row = int(top_row[b, j])
-                log_prob = float(top_scores[b, j])
+                row = int(top_row[a, j])
+                log_prob = float(top_scores[a, j])
                 attn = attention_history[row] if attention_history is not None else None
                 finished[b].append(Hypothesis(history[row].tolist(), _penalised(log_prob, t + 1, options.length_penalty), log_prob, attn))
-                if len(finished[b]) >= k:
-                    done[b] = True
-        if all(done) or t == options.max_length - 1:
+        keep = [a for a in range(A) if len(finished[alive[a]]) < k]
+        if not keep or t == options.max_length - 1:
             break
 
-        # the best k candidates that do not end continue as the beams
+        # the best k candidates that do not end continue as the beams, for the examples still searching
         live_scores, pick = top_scores.masked_fill(ends, NEG_INF).topk(k, dim=1)
-        order = top_row.gather(1, pick).view(-1)
-        prev = top_token.gather(1, pick).view(-1)
-        scores = live_scores
+        order, prev = top_row.gather(1, pick), top_token.gather(1, pick)
+        if len(keep) < A:
+            kept = torch.tensor(keep, device=device)
+            order, prev, live_scores = order[kept], prev[kept], live_scores[kept]
+            alive = [alive[a] for a in keep]
+        order, prev, scores = order.view(-1), prev.view(-1), live_scores
         history = torch.cat([history.index_select(0, order), prev.unsqueeze(1)], 1)
         if attention_history is not None:
             attention_history = attention_history.index_select(0, order)
-        state, _ = model.reorder(state, None, order)
+        # an example's beams share its memory, so the memory follows the rows only when examples leave
+        state, reordered = model.reorder(state, memory if len(keep) < A else None, order)
+        memory = reordered if len(keep) < A else memory
 
     return [sorted(hyps, key=lambda h: -h.score)[: options.nbest] for hyps in finished]
-

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nlptoolkit import (
-    Bridge, Memory, NlptkError, RNNDecoder, SearchOptions, Task, Vocabulary, at_least, build_tokenizer, column, decode,
+    Bridge, DecodingOptions, Memory, NlptkError, RNNDecoder, SearchOptions, Task, Vocabulary, at_least, build_tokenizer, column, decode,
     feature_matrix, load_tokenizer, pad_batch, register_task,
 )
 
@@ -42,19 +42,18 @@ Example = Tuple[Tensor, List[int]]  # (features (F,), caption token ids without 
 
 
 @dataclass
-class CaptioningOptions:
-    """The recipe's `task:` section for this task."""
+class CaptioningOptions(DecodingOptions):
+    """The recipe's `task:` section for this task; the decoding keys are the core's :class:`DecodingOptions`."""
 
     features_field: str = "features"  # a list of floats per row, the same size in every row
     caption_field: str = "caption"  # the sentence to write, split by data.tokenizer
     condition: Literal["init_state", "first_input"] = "init_state"  # where the features enter the decoder
     later_inputs: Literal["tokens", "zeros"] = "tokens"  # what steps after the first read (zeros: first_input only)
     feature_dropout: float = at_least(0.0, 0.2, high=0.99)  # on the features, before they are projected
-    beam_size: int = at_least(1, 1)  # at evaluation and predict; 1 is greedy search
     max_length: int = at_least(1, 50)  # tokens a caption may have, <eos> included
-    length_penalty: float = at_least(0.0, 0.0)  # alpha: beams are ranked by log P / length ** alpha
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.later_inputs == "zeros" and self.condition != "first_input":
             raise NlptkError(
                 "task.later_inputs: 'zeros' leaves the features only the first input to enter by, so it needs "
@@ -187,15 +186,10 @@ class CaptioningTask(Task):
         return F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(), ignore_index=0)
 
     # -- evaluation -----------------------------------------------------------
-    def search_options(self, beam_size: Optional[int] = None) -> SearchOptions:
-        """The recipe's decoding settings, with what ``set_decoding`` (``--beam``, ``--nbest``) changed."""
+    def search_options(self) -> SearchOptions:
+        """The recipe's decoding keys, with what ``set_decoding`` (``--beam``, ``--nbest``) changed."""
         v = self.vocab
-        beam = beam_size or self.decoding.get("beam_size", self.options.beam_size)
-        return SearchOptions(
-            bos_id=v.bos_id, eos_id=v.eos_id, beam_size=beam, nbest=min(self.decoding.get("nbest", 1), beam),
-            max_length=self.options.max_length, length_penalty=self.options.length_penalty, banned=(v.pad_id, v.bos_id),
-        )
-
+        return self.options.search_options(v.bos_id, v.eos_id, banned=(v.pad_id, v.bos_id), overrides=self.decoding)
 
     def caption(self, model: nn.Module, features: Tensor, options: SearchOptions) -> List[List[Any]]:
         """The search's hypotheses for a (B, F) batch of features, through the decoder's fast frozen path."""
@@ -232,6 +226,13 @@ class CaptioningTask(Task):
             nbest = [{"caption": self.detokenize(h.tokens), "score": h.score, "log_prob": h.log_prob} for h in hyps]
             results.append({"caption": nbest[0]["caption"], "score": nbest[0]["score"], "nbest": nbest})
         return results
+
+    def read_text(self, text: str) -> Tuple[List[str], List[int]]:
+        """Refused: the model reads a feature vector, and a caption's words are its output, not its input."""
+        raise NlptkError(
+            "a captioning run reads feature vectors, not text, so `inspect` and `gradients` have no input tokens to show; "
+            "use them on a run whose encoder reads text"
+        )
 
     def format_prediction(self, result: Dict[str, Any]) -> str:
         """The caption; with --nbest N, one ``score<TAB>caption`` line per alternative, best first."""

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nlptoolkit import (
-    EncoderDecoder, NlptkError, RNNDecoder, RNNEncoder, SearchOptions, Task, TokenizerConfig, Vocabulary,
-    build_tokenizer, column, decode, load_tokenizer, pad_batch, register_task,
+    DecodingOptions, EncoderDecoder, NlptkError, RNNDecoder, RNNEncoder, SearchOptions, Task, TokenizerConfig, Vocabulary,
+    at_least, build_tokenizer, column, decode, load_tokenizer, pad_batch, register_task,
 )
 
 Example = Tuple[List[int], Optional[List[int]]]  # (source ids, target ids without <bos>/<eos>; None when predicting)
@@ -36,8 +36,12 @@ TARGET_FOLDER = "target"  # the target side's tokenizer files live in this subfo
 
 
 @dataclass
-class Seq2SeqOptions:
-    """The recipe's `task:` section for this task. The source side uses `data.tokenizer`."""
+class Seq2SeqOptions(DecodingOptions):
+    """The recipe's `task:` section for this task. The source side uses `data.tokenizer`.
+
+    The decoding keys (beam_size, nbest, length_penalty, min_length,
+    max_length, no_repeat_ngram) are the core's :class:`DecodingOptions`.
+    """
 
     source_field: str = "source"
     target_field: str = "target"
@@ -46,21 +50,15 @@ class Seq2SeqOptions:
     attention: Literal["none", "dot", "general", "additive"] = "general"
     input_feed: bool = False
     decoder_cell: Optional[Literal["rnn", "lstm", "gru"]] = None
-    decoder_hidden_size: Optional[int] = None
-    decoder_layers: Optional[int] = None
-    decoder_embedding_dim: Optional[int] = None
-    dropout: float = 0.2  # in the decoder: embeddings, between layers, before the output layer
+    decoder_hidden_size: Optional[int] = at_least(1, None)
+    decoder_layers: Optional[int] = at_least(1, None)
+    decoder_embedding_dim: Optional[int] = at_least(1, None)
+    dropout: float = at_least(0.0, 0.2, high=0.99)  # in the decoder: embeddings, between layers, before the output layer
     # training
-    teacher_forcing: float = 1.0
-    label_smoothing: float = 0.0
-    # decoding (evaluation and predict; `--beam`/`--nbest` override)
-    beam_size: int = 1
-    nbest: int = 1
-    length_penalty: float = 0.0
-    min_length: int = 0
-    max_length: int = 200  # tokens at most ...
-    max_length_ratio: float = 2.0  # ... and at most this times the longest source in the batch, + 5
-    no_repeat_ngram: int = 0
+    teacher_forcing: float = at_least(0.0, 1.0, high=1.0)  # share of steps that read the reference's previous token
+    label_smoothing: float = at_least(0.0, 0.0, high=0.99)
+    # decoding: the max_length of DecodingOptions, capped per batch at this times the longest source, + 5
+    max_length_ratio: float = at_least(0.01, 2.0)
 
 
 @register_task("seq2seq")
@@ -167,14 +165,11 @@ class Seq2SeqTask(Task):
 
     # -- evaluation -------------------------------------------------------------
     def search_options(self, longest_source: int) -> SearchOptions:
+        """The recipe's decoding keys with ``--beam``/``--nbest``, the length capped for this batch's sources."""
         o, v = self.options, self.tgt_vocab
-        beam = self.decoding.get("beam_size", o.beam_size)
-        nbest = self.decoding.get("nbest", min(o.nbest, beam))
-        max_length = max(o.min_length + 1, min(o.max_length, int(o.max_length_ratio * longest_source) + 5))
-        return SearchOptions(
-            bos_id=v.bos_id, eos_id=v.eos_id, beam_size=beam, nbest=nbest, max_length=max_length,
-            min_length=o.min_length, length_penalty=o.length_penalty, no_repeat_ngram=o.no_repeat_ngram,
-            banned=(v.pad_id, v.bos_id),
+        return o.search_options(
+            v.bos_id, v.eos_id, banned=(v.pad_id, v.bos_id), overrides=self.decoding,
+            max_length=int(o.max_length_ratio * longest_source) + 5,
         )
 
     def evaluate_batch(self, model: nn.Module, batch: Dict[str, Tensor]) -> Dict[str, Any]:
@@ -249,22 +244,8 @@ class Seq2SeqTask(Task):
 
 
 def check_recipe(recipe: Any) -> None:
-    """Mistakes in the recipe that would only show up later, named now."""
+    """A mistake in the recipe that would only show up later, named now (the options check their own ranges)."""
     o = recipe.task_options
-    checks = [
-        ("teacher_forcing", 0.0 <= o.teacher_forcing <= 1.0, "in [0, 1]"),
-        ("label_smoothing", 0.0 <= o.label_smoothing < 1.0, "in [0, 1)"),
-        ("dropout", 0.0 <= o.dropout < 1.0, "in [0, 1)"),
-        ("beam_size", o.beam_size >= 1, "at least 1"),
-        ("nbest", 1 <= o.nbest <= o.beam_size, f"between 1 and task.beam_size ({o.beam_size})"),
-        ("max_length", o.max_length >= 1, "at least 1"),
-        ("min_length", 0 <= o.min_length < o.max_length, f"0 or more and below task.max_length ({o.max_length})"),
-        ("max_length_ratio", o.max_length_ratio > 0, "positive"),
-        ("no_repeat_ngram", o.no_repeat_ngram >= 0, "0 (off) or more"),
-    ]
-    for key, ok, rule in checks:
-        if not ok:
-            raise NlptkError(f"task.{key}: must be {rule}, got {getattr(o, key)!r}")
     hidden = o.decoder_hidden_size or recipe.encoder.hidden_size * (2 if recipe.encoder.bidirectional else 1)
     memory = recipe.encoder.hidden_size * (2 if recipe.encoder.bidirectional else 1)
     if o.attention == "dot" and hidden != memory:

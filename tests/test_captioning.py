@@ -2,6 +2,7 @@
 recomputed independently (sacrebleu, per-example loss), and `nlptk predict --features`."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -119,7 +120,7 @@ def test_decoding_agrees_with_the_training_path(mode):
     batch = batch_of(task, 0, 6)
     greedy = task.caption(model, batch["features"], task.search_options())
     with torch.no_grad():
-        beam1 = beam_search(model, batch["features"], None, task.search_options(beam_size=1))
+        beam1 = beam_search(model, batch["features"], None, dataclasses.replace(task.search_options(), beam_size=1))
     for b, hyps in enumerate(greedy):
         tokens = hyps[0].tokens
         with torch.no_grad():
@@ -150,6 +151,7 @@ data:
 encoder: {{cell: lstm, embedding_dim: 32, hidden_size: 32}}
 train: {{lr: 0.01, batch_size: 16, epochs: 1, max_steps: {steps}, eval_every: {steps}, early_stopping: {{metric: exact_match}}}}
 """
+import dataclasses
 
 
 def write_recipe(folder: Path, train_rows, validation_rows, condition="init_state", later="tokens", steps=2) -> Path:
@@ -272,3 +274,11 @@ def test_recipe_reaches_the_target():
                         "--output-dir", f"{tmp}/run", "--quiet"], cwd=REPO, check=True)
         summary = json.loads(Path(f"{tmp}/run/summary.json").read_text())
     assert summary["final"]["exact_match"] >= 0.92
+
+
+def test_inspect_refuses_a_captioning_run_in_one_line(caption_run, cli):
+    """Its input is a feature vector: there are no input tokens to colour, and saying so beats a confusing failure."""
+    (caption_run / "text.txt").write_text("a few words\n")
+    msg = one_line_error(*cli(["inspect", caption_run / "run", "--text", caption_run / "text.txt", "--out", caption_run / "r.html"], cwd=caption_run))
+    assert "reads feature vectors, not text" in msg
+    assert not (caption_run / "r.html").exists()

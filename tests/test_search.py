@@ -141,3 +141,62 @@ def test_bad_options_are_refused():
         SearchOptions(BOS, EOS, beam_size=2, nbest=3)
     with pytest.raises(ValueError, match="min_length"):
         SearchOptions(BOS, EOS, min_length=5, max_length=5)
+
+
+@pytest.mark.parametrize("recipe", ["g2p.yaml", "captioning.yaml"])
+@pytest.mark.parametrize("setting, message", [
+    ("task.beam_size=0", "--set task.beam_size: must be at least 1, got 0"),
+    ("task.length_penalty=-1", "--set task.length_penalty: must be at least 0.0, got -1.0"),
+    ("task.nbest=3", "task.nbest: at most task.beam_size (1), got 3"),
+    ("task.min_length=60", "task.min_length: must be below task.max_length"),
+])
+def test_every_decoding_task_checks_its_decoding_keys_the_same_way(cli, recipe, setting, message):
+    """Seq2seq and captioning share the core's DecodingOptions, so the same mistake gets the same message."""
+    from conftest import REPO, one_line_error
+
+    msg = one_line_error(*cli(["validate", f"recipes/{recipe}", "--set", setting], cwd=REPO))
+    assert message in msg
+
+
+def test_decoding_options_become_search_options():
+    from nlptoolkit import DecodingOptions
+
+    options = DecodingOptions(beam_size=4, nbest=2, length_penalty=0.6, min_length=1, max_length=30, no_repeat_ngram=2)
+    search = options.search_options(BOS, EOS, banned=(PAD,), overrides={"beam_size": 5})
+    assert (search.beam_size, search.nbest, search.length_penalty, search.min_length, search.max_length) == (5, 2, 0.6, 1, 30)
+    assert search.no_repeat_ngram == 2 and tuple(search.banned) == (PAD,) and search.bos_id == BOS and search.eos_id == EOS
+    assert options.search_options(BOS, EOS, overrides={"beam_size": 1}).nbest == 1  # nbest never exceeds the beam
+    assert options.search_options(BOS, EOS, max_length=12).max_length == 12  # a tighter per-batch cap wins
+    assert options.search_options(BOS, EOS, max_length=99).max_length == 30  # never above the recipe's
+    assert options.search_options(BOS, EOS, max_length=0).max_length == 2  # always room for min_length tokens and <eos>
+
+
+@pytest.mark.parametrize("attention", ["general", "none", "additive"])
+def test_finished_examples_leave_the_batch_without_changing_any_result(attention):
+    """Examples that are done drop out of the batch: at each step the batch holds the rows of exactly
+    the examples that, searched alone, still need that step; and every example's n-best list is
+    what searching it alone gives."""
+    lengths_seen, shrank = set(), 0
+    for seed, eos_bias in itertools.product(range(2), (0.0, 0.4, 0.8, 1.2, 1.6)):
+        model = make_model(attention=attention, seed=30 + seed, eos_bias=eos_bias)
+        src, lengths, _ = batch(seed=seed)
+        options = SearchOptions(BOS, EOS, beam_size=2, nbest=2, max_length=12, banned=(PAD, BOS), keep_attention=attention != "none")
+        step, rows = model.step, []
+        model.step = lambda prev, state, memory: (rows.append(prev.shape[0]), step(prev, state, memory))[1]
+        together = beam_search(model, src, lengths, options)
+        steps_alone = []
+        for i in range(src.shape[0]):
+            rows.clear()
+            alone = beam_search(model, src[i : i + 1, : int(lengths[i])], lengths[i : i + 1], options)[0]
+            steps_alone.append(len(rows))
+            assert [h.tokens for h in together[i]] == [h.tokens for h in alone]
+            assert [h.score for h in together[i]] == pytest.approx([h.score for h in alone], abs=1e-5)
+            if attention != "none":
+                for a, b in zip(together[i], alone):
+                    assert torch.allclose(a.attention[:, : int(lengths[i])], b.attention, atol=1e-5)
+            lengths_seen.update(len(h.tokens) for h in alone)
+        rows.clear()
+        beam_search(model, src, lengths, options)
+        assert rows == [2 * sum(n > t for n in steps_alone) for t in range(max(steps_alone))]
+        shrank += rows[-1] < rows[0]
+    assert shrank and len(lengths_seen) > 2  # the cases really end at different times
