@@ -5,6 +5,7 @@
     nlptk evaluate runs/sentiment --files test=test.jsonl --json
     nlptk predict runs/sentiment "a gorgeous, witty, seductive movie."
     nlptk generate runs/char_lm --prompt "ROMEO:"
+    nlptk serve runs/sentiment --port 8000     an HTTP JSON API with dynamic batching
     nlptk list                                 tasks and where they come from
     nlptk recipes                              the bundled recipes (nlptk run NAME)
     nlptk init sentiment > my.yaml             a commented starter recipe for a task
@@ -231,6 +232,52 @@ def generate(run_dir: str, prompt: str, max_tokens: int, temperature: float, top
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on; 0.0.0.0 makes the server reachable from other machines.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on; 0 picks a free one (the ready line names it).")
+@click.option("--max-batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Most texts in one model call; requests are never split.")
+@click.option("--max-wait-ms", default=5.0, show_default=True, type=click.FloatRange(min=0), help="How long the first request of a batch waits for others to join it.")
+@click.option("--no-batching", is_flag=True, help="Run each request on its own (as --max-batch-size 1 --max-wait-ms 0), to compare.")
+@click.option("--max-texts", default=64, show_default=True, type=click.IntRange(min=1), help="Most texts in one /predict request (more: 413).")
+@click.option("--max-chars", default=2000, show_default=True, type=click.IntRange(min=1), help="Longest text or /generate prompt, in characters (longer: 413).")
+@click.option("--max-new-tokens", default=2000, show_default=True, type=click.IntRange(min=0), help="Most tokens one /generate request may ask for.")
+@click.option("--access-log/--no-access-log", default=True, show_default=True, help="One stderr line per request.")
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
+def serve(
+    run_dir: str, host: str, port: int, max_batch_size: int, max_wait_ms: float, no_batching: bool, max_texts: int, max_chars: int,
+    max_new_tokens: int, access_log: bool, checkpoint: str,
+) -> None:
+    """Serve a finished run over HTTP (FastAPI on uvicorn; pip install "nlptoolkit[serve]").
+
+    \b
+    POST /predict   {"texts": ["...", ...]}: one JSON object per text, as `nlptk predict --json`
+    POST /generate  {"prompt": "...", "max_tokens": 200, "temperature": 1.0, "top_k": null, "seed": null}:
+                    text streamed as it is made (language models)
+    GET  /health    GET /info (task, labels, recipe, limits)
+
+    Requests that arrive within --max-wait-ms of each other run as one
+    length-bucketed batch, on one model thread. A bad request gets a 4xx with
+    {"error": "..."} and the server carries on. SIGTERM or Ctrl-C finishes the
+    requests in flight, then exits 0.
+
+    \b
+    Example:
+      nlptk serve runs/sentiment --port 8000
+      curl -s localhost:8000/predict -d '{"texts": ["a gorgeous, witty, seductive movie."]}'
+    """
+    from nlptoolkit.serve import require_extra
+
+    require_extra()  # before loading the run: a missing extra is the first thing to fix
+    from nlptoolkit.serve import serve as serve_run
+    from nlptoolkit.serve.app import ServeSettings
+    from nlptoolkit.serve.requests import Limits
+
+    limits = Limits(max_texts=max_texts, max_chars=max_chars, max_new_tokens=max_new_tokens)
+    settings = ServeSettings.unbatched(limits) if no_batching else ServeSettings(max_batch_size, max_wait_ms, limits)
+    serve_run(run_dir, host, port, settings, access_log=access_log, checkpoint=checkpoint)
 
 
 @cli.command()
