@@ -89,6 +89,7 @@ class TrainConfig:
     warmup_steps: int = at_least(0, 0)  # linear warm-up from 0 to lr
     eval_every: Optional[int] = at_least(1, None)  # steps; null = at the end of every epoch
     bucket: bool = True  # length-bucketed batches: little padding, same randomness
+    ema_decay: Optional[float] = at_least(0.0, None, high=0.99999)  # evaluate and save an EMA of the weights (e.g. 0.999); null: the weights as trained
     # bf16: the training forward pass runs under torch.autocast in bfloat16 (weights, optimizer
     # and evaluation stay float32); faster on GPUs and on CPUs with AVX512-BF16 or AMX.
     # auto: bf16 where the hardware does it natively, fp32 elsewhere (see nlptoolkit/precision.py).

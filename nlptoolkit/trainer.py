@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from nlptoolkit.averaging import weight_average
 from nlptoolkit.checkpoint import atomic_write_text, save_checkpoint, write_json
 from nlptoolkit.errors import NlptkError
 from nlptoolkit.precision import PrecisionChoice, choose_precision
@@ -138,6 +139,8 @@ class Trainer:
         self.raw_model = model
         self.model = parallel_model or model  # trains through the DDP wrapper when there is one
         self.optimizer = self._build_optimizer()
+        # train.ema_decay: evaluation and best.pt use a moving average of the weights (nlptoolkit/averaging.py)
+        self.average = weight_average(model, self.cfg.ema_decay) if self.cfg.ema_decay is not None else None
         self.scheduler: Optional[Any] = None
         self.state = TrainState()
         es = self.cfg.early_stopping
@@ -193,12 +196,18 @@ class Trainer:
         return torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
 
     # -- checkpoints ------------------------------------------------------------
+    @property
+    def evaluated_model(self) -> nn.Module:
+        """The model that is evaluated and saved as best.pt: the weights' moving average, or the weights."""
+        return self.average.module if self.average is not None else self.raw_model
+
     def _payload(self, full: bool) -> Dict[str, Any]:
+        """best.pt (``full`` False) holds the evaluated model; last.pt also what resuming needs."""
         payload = {
             "task": self.task.name,
             "recipe": self.recipe.to_dict(),
             "task_state": self.task.state_dict(),
-            "model": self.raw_model.state_dict(),
+            "model": self.evaluated_model.state_dict(),
             "train_state": asdict(self.state),
         }
         if full:
@@ -208,6 +217,8 @@ class Trainer:
                 rng=rng_state(),
                 training_state=self.task.training_state(),
             )
+            if self.average is not None:  # the average is in "model"; training continues from the weights
+                payload.update(trained_model=self.raw_model.state_dict(), ema_updates=int(self.average.n_averaged))
         return payload
 
     _saved_step: Optional[int] = None  # the step last.pt holds
@@ -219,7 +230,16 @@ class Trainer:
 
     def restore(self, payload: Dict[str, Any]) -> None:
         """Continue exactly where `last.pt` left off."""
-        self.raw_model.load_state_dict(payload["model"])
+        if self.average is not None:
+            if "trained_model" not in payload:
+                raise NlptkError("train.ema_decay: the run being resumed did not average its weights; resume without it, or start a new run")
+            self.raw_model.load_state_dict(payload["trained_model"])
+            self.average.module.load_state_dict(payload["model"])
+            self.average.n_averaged.fill_(int(payload["ema_updates"]))
+        elif "trained_model" in payload:
+            raise NlptkError("train.ema_decay: the run being resumed averaged its weights; resume with the same ema_decay")
+        else:
+            self.raw_model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.state = TrainState(**payload["train_state"])
         self._pending_scheduler = payload.get("scheduler")
@@ -391,6 +411,8 @@ class Trainer:
         state.grad_norm_max = max(state.grad_norm_max, norm)
         state.clipped_steps += bool(cfg.grad_clip) and norm > cfg.grad_clip
         self.optimizer.step()
+        if self.average is not None:
+            self.average.update_parameters(self.raw_model)
         if self._plateau_warmup and state.step + 1 <= cfg.warmup_steps:
             self._set_warmup_lr(state.step + 1)
         if self.scheduler is not None and not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -490,10 +512,13 @@ class Trainer:
     def _evaluate_main(self, validation: Any, start: float) -> Tuple[float, bool]:
         """Rank 0's part: metrics, metrics.jsonl, best.pt and last.pt."""
         state, task = self.state, self.task
-        self.raw_model.eval()
+        evaluated = self.evaluated_model
+        evaluated.eval()
         with torch.no_grad():
-            metrics = task.evaluate(self.raw_model, validation)
+            metrics = task.evaluate(evaluated, validation)
         self.raw_model.train()
+        if self.average is not None:
+            evaluated.eval()
         if self.metric not in metrics:
             raise NlptkError(
                 f"train.early_stopping.metric: '{self.metric}' is not a metric of task '{task.name}' "
@@ -539,7 +564,7 @@ class Trainer:
         shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k in task.metrics)
         loss_text = f"train_loss={train_loss:.4f} " if train_loss is not None else ""
         self.log(f"step {state.step} epoch {state.epoch}: {loss_text}validation {shown}{' *' if better else ''}")
-        task.after_evaluate(self.raw_model, self.log)
+        task.after_evaluate(evaluated, self.log)
         patience = self.cfg.early_stopping.patience
         return value, bool(patience and state.bad_evals >= patience)
 
