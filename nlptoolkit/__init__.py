@@ -8,11 +8,12 @@ for a tag-sequence output layer), write sequences with :class:`RNNDecoder` and t
 search of :mod:`nlptoolkit.search` (its docstring gives the decoder contract;
 a task's options inherit the recipe keys of :class:`DecodingOptions`),
 declare options with :func:`at_least` for bounded numbers, and use the data helpers
-for tokens, vocabularies and batches.
+for tokens, vocabularies and batches. A task that can be exported (`nlptk export`)
+returns an :class:`Exportable` of :class:`ExportGraph` from ``Task.exportable``.
 Plugins import nothing else from nlptoolkit.
 
 For scripts and notebooks: :func:`train` a recipe, :func:`load` a run folder,
-then ``run.predict([...])`` and ``run.evaluate(files)`` (see ``nlptoolkit/api.py``).
+then ``run.predict([...])``, ``run.evaluate(files)`` and ``run.export(folder)`` (see ``nlptoolkit/api.py``).
 """
 from nlptoolkit.char_features import CharEncoder, char_batch
 from nlptoolkit.config_schema import at_least
@@ -22,6 +23,7 @@ from nlptoolkit.data.features import feature_matrix, read_feature_file
 from nlptoolkit.decoder import Attention, Bridge, DecoderState, EncoderDecoder, Memory, RNNDecoder
 from nlptoolkit.encoder import EncoderOutput, RNNEncoder
 from nlptoolkit.errors import NlptkError
+from nlptoolkit.export.graph import Exportable, ExportGraph, example_tokens
 from nlptoolkit.metrics import accuracy, classification_metrics, macro_f1
 from nlptoolkit.recipe import TokenizerConfig
 from nlptoolkit.registry import register_probe, register_task
@@ -39,4 +41,5 @@ __all__ = [
     "train", "load", "Run",
     "RNNDecoder", "EncoderDecoder", "Memory", "DecoderState", "Bridge", "Attention",
     "DecodingOptions", "SearchOptions", "Hypothesis", "decode", "greedy_search", "beam_search",
+    "Exportable", "ExportGraph", "example_tokens",
 ]

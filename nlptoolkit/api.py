@@ -5,6 +5,7 @@
     run = nlptoolkit.load("runs/sentiment")
     run.predict(["a gorgeous, witty, seductive movie."])   # [{"input": ..., "label": ..., "probabilities": {...}}]
     run.evaluate("test.jsonl")                              # {"accuracy": ..., "macro_f1": ..., "loss": ...}
+    run.export("exported", format="onnx")                   # model, vocabularies, manifest.json
 
 The `nlptk` commands are a thin layer over these functions: what the CLI
 prints is what they return.
@@ -40,6 +41,7 @@ class Run:
         from nlptoolkit.runs import load_run
 
         self.path = Path(path)
+        self.checkpoint = checkpoint
         self.recipe, self.task, self.model = load_run(str(path), checkpoint)
 
     def __repr__(self) -> str:
@@ -126,6 +128,20 @@ class Run:
                     raise NlptkError(f"--split {name}: the recipe's data has splits {', '.join(data)}; pick one of those")
                 results[name] = task.evaluate(self.model, task.encode(data[name], name))
         return results
+
+    # -- export -----------------------------------------------------------------
+    def export(self, out: PathLike, format: str = "torchscript", force: bool = False) -> Dict[str, Any]:
+        """Write the model (TorchScript or ONNX), its vocabularies and a manifest to the folder ``out``.
+
+        The folder is usable without nlptoolkit (``torch.jit.load``,
+        ``onnxruntime``); each written file is checked against this run's
+        model on a fresh batch before the folder appears. An existing
+        non-empty ``out`` is replaced only with ``force``. Returns the
+        manifest (``out/manifest.json``). See ``nlptoolkit/export``.
+        """
+        from nlptoolkit.export import export_run
+
+        return export_run(self.task, self.model, self.path, format, Path(out), force, self.checkpoint)
 
     # -- generate ---------------------------------------------------------------
     def generate_stream(self, prompt: str = "", max_tokens: int = 200, temperature: float = 1.0,

@@ -214,20 +214,25 @@ class RNNEncoder(nn.Module):
         """
         x = self.embedding(inputs) if self.embedding is not None else inputs
         B, T = x.shape[:2]
+        # Traced for export (nlptoolkit.export), the graph must not depend on
+        # the example's values: no checks, no shortcut for a full batch, and
+        # the padding-gate column is already in place in the loaded weights.
+        tracing = torch.jit.is_tracing()
         if lengths is None:
             lengths = torch.full((B,), T, dtype=torch.long, device=x.device)
         else:
             lengths = lengths.to(device=x.device, dtype=torch.long)
-            if lengths.numel() != B:
+            if not tracing and lengths.numel() != B:
                 raise ValueError(f"got {lengths.numel()} lengths for a batch of {B}")
-            if B and (int(lengths.min()) < 1 or int(lengths.max()) > T):
+            if not tracing and B and (int(lengths.min()) < 1 or int(lengths.max()) > T):
                 raise ValueError(f"every length must be in 1..{T} (the padded length); got {lengths.min().item()}..{lengths.max().item()}")
-        full = bool((lengths == T).all())
+        full = not tracing and bool((lengths == T).all())
         real = padding_mask(lengths, T).unsqueeze(-1)  # (B, T, 1), True at real tokens
         if not full:
             x = torch.where(real, x, 0.0)  # known, finite values at padded steps (even if given inf)
         if self.cell == "lstm":
-            self._reset_pad_gates()
+            if not tracing:
+                self._reset_pad_gates()
             pad_flag = (~real).to(x.dtype)
 
         h0, c0 = self._split_state(state)

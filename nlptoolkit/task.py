@@ -43,13 +43,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 import json
-from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from nlptoolkit.data.batching import BucketSampler
 from nlptoolkit.errors import NlptkError
+
+if TYPE_CHECKING:
+    from nlptoolkit.export.graph import Exportable
 
 
 @dataclass
@@ -254,6 +257,23 @@ class Task:
             raise NlptkError(f"task '{self.name}' does not say how it reads text: give it a `read_text` method (see nlptoolkit.Task)")
         tokens = tokenizer.tokenize(text)
         return tokens, vocab.encode(tokens)
+
+    # -- export ---------------------------------------------------------------
+    def exportable(self, model: nn.Module) -> Optional["Exportable"]:
+        """What `nlptk export` writes for this task, or None (the default): it cannot be exported.
+
+        Return an :class:`nlptoolkit.Exportable`: one or more
+        :class:`nlptoolkit.ExportGraph` (a module taking and returning
+        tensors only, its input and output names, the sizes that vary, and
+        a function making example inputs), the vocabularies and tokenizers
+        a consumer needs to turn text into ids and ids into labels, and
+        extra manifest fields. ``model`` is a CPU copy in eval mode; the
+        graphs may wrap it. Feed the shared encoder padded ids and lengths
+        (never packed sequences): traced, it still gives packed results.
+        ``plugins/sentiment.py`` is the worked example; a sequence model
+        exports its encoder and one decoder step (``plugins/seq2seq.py``).
+        """
+        return None
 
     def to_device(self, batch: Dict[str, Any]) -> Dict[str, Any]:
         return {k: v.to(self.device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}

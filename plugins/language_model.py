@@ -31,7 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nlptoolkit import NlptkError, RNNEncoder, Stepper, Task, Vocabulary, build_tokenizer, iter_column, load_tokenizer, register_task
+from nlptoolkit import (
+    ExportGraph, Exportable, NlptkError, RNNEncoder, Stepper, Task, Vocabulary, build_tokenizer, example_tokens, iter_column,
+    load_tokenizer, register_task,
+)
 
 State = Union[Tensor, Tuple[Tensor, Tensor]]
 
@@ -68,6 +71,32 @@ class LanguageModel(nn.Module):
         """(B, T) token ids and the state to start from -> (B, T, V) scores and the state to continue from."""
         out = self.encoder(tokens, state=state)
         return self.decoder(self.dropout(out.outputs)), out.state
+
+
+class ExportedReader(nn.Module):
+    """`nlptk export`'s encoder: padded ids, lengths and a state -> scores at every position and
+    the state at each row's own end (what ``LanguageModel.forward`` gives per sequence)."""
+
+    def __init__(self, model: LanguageModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: Tensor, lengths: Tensor, *state: Tensor) -> Tuple[Tensor, ...]:
+        out = self.model.encoder(tokens, lengths, state=state if len(state) == 2 else state[0])
+        new = out.state if isinstance(out.state, tuple) else (out.state,)
+        return (self.model.decoder(out.outputs), *new)
+
+
+class ExportedStep(nn.Module):
+    """`nlptk export`'s decoder step: one token per row and the state -> next-token scores and the new state."""
+
+    def __init__(self, model: LanguageModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, token: Tensor, *state: Tensor) -> Tuple[Tensor, ...]:
+        output, new = self.model.encoder.step(token, state if len(state) == 2 else state[0])
+        return (self.model.decoder(output), *(new if isinstance(new, tuple) else (new,)))
 
 
 def detach(state: State) -> State:
@@ -365,6 +394,46 @@ class LanguageModelTask(Task):
         line_break = self.line_break_id()
         ids = ([line_break] if line_break is not None else []) + self.vocab.encode(tokens)
         return ids or [self.vocab.bos_id]
+
+    # -- export ---------------------------------------------------------------
+    def exportable(self, model: nn.Module) -> Exportable:
+        """Two graphs: ``encoder`` reads a padded batch of prompts from a given state, ``decoder_step``
+        advances one token; generation is the first, then the second once per new token."""
+        encoder, vocab_size = model.encoder, len(self.vocab)
+        names = ["h", "c"] if encoder.cell == "lstm" else ["h"]
+        new_names = ["new_" + n for n in names]
+        layers, hidden = encoder.num_layers, encoder.hidden_size
+
+        def states(batch: int) -> List[Tensor]:
+            return [torch.randn(layers, batch, hidden) * 0.5 for _ in names]
+
+        def read_example(batch: int, time: int) -> Tuple[Tensor, ...]:
+            return (*example_tokens(batch, time, vocab_size), *states(batch))
+
+        def step_example(batch: int, time: int) -> Tuple[Tensor, ...]:
+            return (torch.randint(1, vocab_size, (batch,)), *states(batch))
+
+        state_axes = {n: {1: "batch"} for n in names + new_names}
+        reader = ExportGraph(
+            name="encoder", module=ExportedReader(model), inputs=["tokens", "lengths", *names], outputs=["logits", *new_names],
+            dynamic={"tokens": {0: "batch", 1: "time"}, "lengths": {0: "batch"}, "logits": {0: "batch", 1: "time"}, **state_axes},
+            example=read_example,
+            doc="read prompts (ids padded with pad_id, lengths) from a state (zeros to start); logits at position lengths-1 "
+                "score the next token, and new_h/new_c are each row's state after its last real token",
+        )
+        step = ExportGraph(
+            name="decoder_step", module=ExportedStep(model), inputs=["token", *names], outputs=["logits", *new_names],
+            dynamic={"token": {0: "batch"}, "logits": {0: "batch"}, **state_axes}, example=step_example,
+            doc="one token per row and the state -> next-token logits and the new state",
+        )
+        never = [i for i, b in enumerate(self.banned().tolist()) if b != 0]
+        info = {
+            "pad_id": self.vocab.pad_id, "unk_id": self.vocab.unk_id, "bos_id": self.vocab.bos_id, "eos_id": self.vocab.eos_id,
+            "line_break_id": self.line_break_id(), "never_generate": never,
+            "state": {"names": names, "shape": [layers, "batch", hidden], "start": "zeros"},
+            "prompt": "the line_break_id, then the prompt's token ids (<eos> ends each line of a word or subword model); [bos_id] if both are missing",
+        }
+        return Exportable(graphs=[reader, step], vocabularies={"vocab": self.vocab.itos}, tokenizers={"text": self.tokenizer}, info=info)
 
     def read_text(self, text: str) -> Tuple[List[str], List[int]]:
         """Tokens as the model reads a text: characters with the newline, or ``<eos>`` per line."""

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nlptoolkit import (
-    RNNEncoder, Task, Vocabulary, build_tokenizer, classification_metrics, column,
-    load_tokenizer, pad_batch, register_task,
+    ExportGraph, Exportable, RNNEncoder, Task, Vocabulary, build_tokenizer, classification_metrics, column,
+    example_tokens, load_tokenizer, pad_batch, register_task,
 )
 
 Example = Tuple[List[int], Optional[int]]  # (token ids, label id; None when predicting)
@@ -159,3 +159,23 @@ class SentimentTask(Task):
 
     def format_prediction(self, result: Dict[str, Any]) -> str:
         return f"{result['label']}\t{result['probability']:.4f}\t{result['input']}"
+
+    # -- export ---------------------------------------------------------------
+    def exportable(self, model: nn.Module) -> Exportable:
+        """The classifier as one graph: padded ids and lengths in, a score per label out."""
+        vocab_size = len(self.vocab)
+        graph = ExportGraph(
+            name="model", module=model, inputs=("tokens", "lengths"), outputs=("logits",),
+            dynamic={"tokens": {0: "batch", 1: "time"}, "lengths": {0: "batch"}, "logits": {0: "batch"}},
+            example=lambda batch, time: example_tokens(batch, time, vocab_size),
+            doc="tokens: vocab ids padded with pad_id, lengths: real tokens per row (at least 1); softmax(logits) gives each label's probability",
+        )
+        return Exportable(
+            graphs=[graph],
+            vocabularies={"vocab": self.vocab.itos, "labels": self.labels.itos},
+            tokenizers={"text": self.tokenizer},
+            info={
+                "labels": self.labels.itos, "pad_id": self.vocab.pad_id, "unk_id": self.vocab.unk_id,
+                "empty_text": "a text without tokens is read as [unk_id]",
+            },
+        )

@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nlptoolkit import (
-    DecodingOptions, EncoderDecoder, NlptkError, RNNDecoder, RNNEncoder, SearchOptions, Task, TokenizerConfig, Vocabulary,
-    at_least, build_tokenizer, column, decode, load_tokenizer, pad_batch, register_task,
+    DecoderState, DecodingOptions, EncoderDecoder, ExportGraph, Exportable, Memory, NlptkError, RNNDecoder, RNNEncoder,
+    SearchOptions, Task, TokenizerConfig, Vocabulary, at_least, build_tokenizer, column, decode, example_tokens, load_tokenizer,
+    pad_batch, register_task,
 )
 
 Example = Tuple[List[int], Optional[List[int]]]  # (source ids, target ids without <bos>/<eos>; None when predicting)
@@ -59,6 +60,54 @@ class Seq2SeqOptions(DecodingOptions):
     label_smoothing: float = at_least(0.0, 0.0, high=0.99)
     # decoding: the max_length of DecodingOptions, capped per batch at this times the longest source, + 5
     max_length_ratio: float = at_least(0.01, 2.0)
+
+
+# ----------------------------------------------------------------------------
+# Export: the encoder and one decoder step, with tensors for arguments
+# ----------------------------------------------------------------------------
+def state_names(model: EncoderDecoder) -> List[str]:
+    """The decoder's state as named tensors: h (and c for an LSTM), and feed with input feeding."""
+    decoder = model.decoder
+    return (["h", "c"] if decoder.rnn.cell == "lstm" else ["h"]) + (["feed"] if decoder.input_feed else [])
+
+
+class ExportedEncoder(nn.Module):
+    """Source ids and lengths -> the decoder's first state, then (with attention) memory and keys."""
+
+    def __init__(self, model: EncoderDecoder) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, src: Tensor, lengths: Tensor) -> Tuple[Tensor, ...]:
+        memory = self.model.encode(src, lengths)
+        state = self.model.init_state(memory)
+        rnn = state.rnn if isinstance(state.rnn, tuple) else (state.rnn,)
+        feed = (state.feed,) if self.model.decoder.input_feed else ()
+        attended = (memory.outputs, memory.keys) if memory.outputs is not None else ()
+        return (*rnn, *feed, *attended)
+
+
+class ExportedDecoderStep(nn.Module):
+    """The previous token, the state (and memory, keys, source lengths) -> log-probabilities, the new
+    state (and the attention weights): ``RNNDecoder.step``."""
+
+    def __init__(self, model: EncoderDecoder) -> None:
+        super().__init__()
+        self.model = model
+        self.names = state_names(model)
+        self.attends = model.decoder.attention is not None
+
+    def forward(self, prev: Tensor, *args: Tensor) -> Tuple[Tensor, ...]:
+        given = dict(zip(self.names + (["memory", "keys", "lengths"] if self.attends else []), args))
+        rnn = (given["h"], given["c"]) if "c" in given else given["h"]
+        feed = given.get("feed", given["h"][-1])  # (read only with input feeding)
+        memory = Memory()
+        if self.attends:
+            mask = torch.arange(given["memory"].shape[1], device=prev.device).unsqueeze(0) < given["lengths"].unsqueeze(1)
+            memory = Memory(outputs=given["memory"], mask=mask, keys=given["keys"])
+        log_probs, state, weights = self.model.decoder.step(prev, DecoderState(rnn, feed), memory)
+        rnn_out = state.rnn if isinstance(state.rnn, tuple) else (state.rnn,)
+        return (log_probs, *rnn_out, *((state.feed,) if "feed" in given else ()), *((weights,) if weights is not None else ()))
 
 
 @register_task("seq2seq")
@@ -224,6 +273,62 @@ class Seq2SeqTask(Task):
             nbest = [{"output": self.detokenize(h.tokens), "score": h.score, "log_prob": h.log_prob} for h in hyps]
             results.append({"input": text, "output": nbest[0]["output"], "score": nbest[0]["score"], "nbest": nbest})
         return results
+
+    # -- export ---------------------------------------------------------------
+    def exportable(self, model: nn.Module) -> Exportable:
+        """``encoder`` reads padded sources; ``decoder_step`` writes one token per call (search it
+        greedily or with a beam outside, starting from ``bos_id``)."""
+        names = state_names(model)
+        new_names = ["new_" + n for n in names]
+        decoder, src_size, tgt_size = model.decoder, len(self.src_vocab), len(self.tgt_vocab)
+        layers, hidden, width = decoder.rnn.num_layers, decoder.hidden_size, model.encoder.output_size
+        attends = decoder.attention is not None
+        attended = ["memory", "keys"] if attends else []
+        keys_width = width if decoder.attention_kind == "dot" else hidden
+        state_axes = {n: ({0: "batch"} if n.endswith("feed") else {1: "batch"}) for n in names + new_names}
+
+        def state_example(batch: int) -> List[Tensor]:
+            return [torch.randn(batch, hidden) * 0.5 if n == "feed" else torch.randn(layers, batch, hidden) * 0.5 for n in names]
+
+        def step_example(batch: int, time: int) -> Tuple[Tensor, ...]:
+            prev = torch.randint(1, tgt_size, (batch,))
+            if not attends:
+                return (prev, *state_example(batch))
+            _, lengths = example_tokens(batch, time, 2)
+            real = (torch.arange(time).unsqueeze(0) < lengths.unsqueeze(1)).unsqueeze(-1)
+            memory, keys = torch.randn(batch, time, width) * real, torch.randn(batch, time, keys_width) * real
+            return (prev, *state_example(batch), memory, keys, lengths)
+
+        memory_axes = {"memory": {0: "batch", 1: "source_time"}, "keys": {0: "batch", 1: "source_time"}}
+        encoder = ExportGraph(
+            name="encoder", module=ExportedEncoder(model), inputs=["src", "lengths"], outputs=[*names, *attended],
+            dynamic={"src": {0: "batch", 1: "source_time"}, "lengths": {0: "batch"}, **state_axes, **(memory_axes if attends else {})},
+            example=lambda batch, time: example_tokens(batch, time, src_size),
+            doc="source ids (source_vocab, padded with pad_id) and lengths -> the decoder's first state"
+                + (", and the memory and keys every step reads" if attends else ""),
+        )
+        step = ExportGraph(
+            name="decoder_step", module=ExportedDecoderStep(model),
+            inputs=["prev", *names, *attended, *(["lengths"] if attends else [])],
+            outputs=["log_probs", *new_names, *(["attention"] if attends else [])],
+            dynamic={"prev": {0: "batch"}, "log_probs": {0: "batch"}, **state_axes,
+                     **({**memory_axes, "lengths": {0: "batch"}, "attention": {0: "batch", 1: "source_time"}} if attends else {})},
+            example=step_example,
+            doc="the previous target token (bos_id first) and the state -> log-probabilities of the next token (target_vocab) "
+                "and the new state; stop at eos_id",
+        )
+        v = self.tgt_vocab
+        info = {
+            "pad_id": v.pad_id, "unk_id": v.unk_id, "bos_id": v.bos_id, "eos_id": v.eos_id, "never_generate": [v.pad_id, v.bos_id],
+            "state": {"names": names, "shape": [layers, "batch", hidden], "feed_shape": ["batch", hidden]},
+            "decoding": {"beam_size": self.options.beam_size, "length_penalty": self.options.length_penalty,
+                         "max_length": self.options.max_length, "max_length_ratio": self.options.max_length_ratio},
+        }
+        return Exportable(
+            graphs=[encoder, step],
+            vocabularies={"source_vocab": self.src_vocab.itos, "target_vocab": v.itos},
+            tokenizers={"source": self.src_tok, "target": self.tgt_tok}, info=info,
+        )
 
     def format_prediction(self, result: Dict[str, Any]) -> str:
         """``input<TAB>output``; with --nbest N, then one ``  score<TAB>output`` line per alternative."""

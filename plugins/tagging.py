@@ -24,15 +24,15 @@ import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Dict, List, Literal, NamedTuple, Optional, Sequence
+from typing import Any, Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nlptoolkit import (
-    CRF, CharEncoder, NlptkError, RNNEncoder, Task, Vocabulary, at_least, build_tokenizer, char_batch, column,
-    feature_matrix, pad_batch, register_task,
+    CRF, CharEncoder, ExportGraph, Exportable, NlptkError, RNNEncoder, Task, Vocabulary, at_least, build_tokenizer,
+    char_batch, column, example_tokens, feature_matrix, pad_batch, register_task,
 )
 
 IGNORE = -100  # the tag id of padding (and of a gold tag the model never saw): left out of the loss
@@ -115,6 +115,20 @@ class Tagger(nn.Module):
             return self.crf.decode_lists(emissions, lengths)
         best = emissions.argmax(-1).tolist()
         return [b[:n] for b, n in zip(best, lengths.tolist())]
+
+
+class ExportedTagger(nn.Module):
+    """The tagger with tensors for arguments (``Tagger.forward`` reads a batch dict), for `nlptk export`."""
+
+    def __init__(self, tagger: Tagger) -> None:
+        super().__init__()
+        self.tagger = tagger
+
+    def forward(self, inputs: Tensor, lengths: Tensor, *chars: Tensor) -> Tensor:
+        batch = {"inputs": inputs, "lengths": lengths}
+        if chars:
+            batch["chars"], batch["char_lengths"], batch["char_index"] = chars
+        return self.tagger(batch)
 
 
 @register_task("tagging")
@@ -294,6 +308,64 @@ class TaggingTask(Task):
         if self.options.input == "vectors":
             return [{"input": text, "tags": t} for text, t in zip(texts, tags)]
         return [{"input": text, "tokens": e.words, "tags": t} for text, e, t in zip(texts, examples, tags)]
+
+    # -- export ---------------------------------------------------------------
+    def exportable(self, model: nn.Module) -> Exportable:
+        """Emissions (a score per position and tag) from padded inputs, lengths and, with character
+        features, ``char_batch``'s tensors; a CRF's scores go into the manifest for Viterbi."""
+        inputs, dynamic = ["inputs", "lengths"], {"lengths": {0: "batch"}, "emissions": {0: "batch", 1: "time"}}
+        vocabularies: Dict[str, List[str]] = {"tags": self.tags.itos}
+        info: Dict[str, Any] = {"labels": self.tags.itos, "tags": self.tags.itos}
+        tokenizers = {}
+        if self.options.input == "vectors":
+            width = self.input_size
+            dynamic["inputs"] = {0: "batch", 1: "time"}
+
+            def example(batch: int, time: int) -> Tuple[Tensor, ...]:
+                _, lengths = example_tokens(batch, time, 2)
+                real = torch.arange(time).unsqueeze(0) < lengths.unsqueeze(1)
+                return torch.randn(batch, time, width) * real.unsqueeze(-1), lengths
+
+            doc = "inputs: (batch, time, width) float vectors, zero-padded; lengths: real frames per row; argmax(emissions) gives each frame's tag"
+        else:
+            vocab_size, chars = len(self.vocab), self.char_vocab
+            dynamic["inputs"] = {0: "batch", 1: "time"}
+            vocabularies["vocab"] = self.vocab.itos
+            tokenizers["text"] = build_tokenizer(dataclasses.replace(self.recipe.data.tokenizer, lowercase=False))
+            info.update(pad_id=self.vocab.pad_id, unk_id=self.vocab.unk_id, lowercase_words=bool(self.recipe.data.tokenizer.lowercase))
+            if chars is not None:
+                inputs += ["chars", "char_lengths", "char_index"]
+                dynamic.update(chars={0: "words", 1: "characters"}, char_lengths={0: "words"}, char_index={0: "batch", 1: "time"})
+                vocabularies["chars"] = chars.itos
+                info["max_chars"] = self.options.char_encoder.max_chars
+
+            def example(batch: int, time: int) -> Tuple[Tensor, ...]:
+                ids, lengths = example_tokens(batch, time, vocab_size)
+                if chars is None:
+                    return ids, lengths
+                words = batch + 2  # distinct words; every position points at one (1-based, 0 at padding)
+                char_ids, char_lengths = example_tokens(words, time, len(chars))
+                index = torch.randint(1, words + 1, (batch, time)).masked_fill(ids == 0, 0)
+                return ids, lengths, char_ids, char_lengths, index
+
+            doc = (
+                "inputs: vocab ids padded with pad_id (words lower-cased first when lowercase_words); lengths: real words per row; "
+                + ("chars, char_lengths, char_index: each distinct word's character ids (chars vocabulary, the word as written, "
+                   "longer than max_chars: its first and last max_chars/2), padded, and for each position the row of its word + 1 (0 at padding); "
+                   if chars is not None else "")
+                + ("emissions plus the crf scores in the manifest give the best tags by Viterbi" if model.crf is not None
+                   else "argmax(emissions) gives each word's tag")
+            )
+        if model.crf is not None:
+            crf = model.crf
+            info["crf"] = {
+                "transitions": crf.transitions.tolist(), "start": crf.start.tolist(), "end": crf.end.tolist(),
+                "score": "start[y_1] + sum_t emissions[t, y_t] + sum_t transitions[y_(t-1), y_t] + end[y_T]; the best y by Viterbi",
+            }
+        graph = ExportGraph(
+            name="model", module=ExportedTagger(model), inputs=inputs, outputs=("emissions",), dynamic=dynamic, example=example, doc=doc,
+        )
+        return Exportable(graphs=[graph], vocabularies=vocabularies, tokenizers=tokenizers, info=info)
 
     def format_prediction(self, result: Dict[str, Any]) -> str:
         """``token/TAG`` pairs (vectors runs: the tags)."""
