@@ -230,13 +230,14 @@ def export_command(run_dir: str, fmt: str, out: str, force: bool, checkpoint: st
     \b
     Examples:
       nlptk export runs/sentiment --out exported/sentiment
-      nlptk export runs/pos --format onnx --out exported/pos-onnx
+      nlptk export runs/sentiment --format onnx --out exported/sentiment-onnx
+      nlptk export runs/g2p --format onnx --out exported/g2p      # encoder.onnx, decoder_step.onnx
     \b
-    Then, outside nlptoolkit:
+    Then, outside nlptoolkit (ids from vocab.json; manifest.json lists every input):
       model = torch.jit.load("exported/sentiment/model.pt")
       logits = model(tokens, lengths)             # (batch, time) int64 ids, (batch,) int64
-      session = onnxruntime.InferenceSession("exported/pos-onnx/model.onnx")
-      emissions, = session.run(None, {"inputs": ids, "lengths": lengths})
+      session = onnxruntime.InferenceSession("exported/sentiment-onnx/model.onnx")
+      (logits,) = session.run(None, {"tokens": tokens.numpy(), "lengths": lengths.numpy()})
     """
     from nlptoolkit.api import load
     from nlptoolkit.export import require_format

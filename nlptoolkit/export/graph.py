@@ -50,12 +50,13 @@ class Exportable:
 
 
 def example_tokens(batch: int, time: int, vocab_size: int, generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Tensor]:
-    """Random ids (B, T), 0 at padding, and their lengths (B,): the first row T long, the others 1..T.
-
-    Ids start at 1 so that no real token is the padding id.
+    """Random ids (B, T), 0 at padding, and their lengths (B,): the first row T long, the last
+    shorter (when B and T allow), the others 1..T. Ids start at 1: no real token is padding.
     """
     lengths = torch.randint(1, time + 1, (batch,), generator=generator)
     lengths[0] = time
+    if batch > 1 and time > 1:
+        lengths[-1] = min(int(lengths[-1]), time - 1)
     tokens = torch.randint(1, max(vocab_size, 2), (batch, time), generator=generator)
     tokens = tokens.masked_fill(torch.arange(time).unsqueeze(0) >= lengths.unsqueeze(1), 0)
     return tokens, lengths
