@@ -287,11 +287,12 @@ def generate(run_dir: str, prompt: str, max_tokens: int, temperature: float, top
 @click.option("--max-texts", default=64, show_default=True, type=click.IntRange(min=1), help="Most texts in one /predict request (more: 413).")
 @click.option("--max-chars", default=2000, show_default=True, type=click.IntRange(min=1), help="Longest text or /generate prompt, in characters (longer: 413).")
 @click.option("--max-new-tokens", default=2000, show_default=True, type=click.IntRange(min=0), help="Most tokens one /generate request may ask for.")
-@click.option("--access-log/--no-access-log", default=True, show_default=True, help="One stderr line per request.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="Torch threads for the model; the HTTP side runs on its own thread.")
+@click.option("--access-log/--no-access-log", default=True, show_default=True, help="One line per request.")
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
 def serve(
     run_dir: str, host: str, port: int, max_batch_size: int, max_wait_ms: float, no_batching: bool, max_texts: int, max_chars: int,
-    max_new_tokens: int, access_log: bool, checkpoint: str,
+    max_new_tokens: int, threads: int, access_log: bool, checkpoint: str,
 ) -> None:
     """Serve a finished run over HTTP (FastAPI on uvicorn; pip install "nlptoolkit[serve]").
 
@@ -320,7 +321,7 @@ def serve(
 
     limits = Limits(max_texts=max_texts, max_chars=max_chars, max_new_tokens=max_new_tokens)
     settings = ServeSettings.unbatched(limits) if no_batching else ServeSettings(max_batch_size, max_wait_ms, limits)
-    serve_run(run_dir, host, port, settings, access_log=access_log, checkpoint=checkpoint)
+    serve_run(run_dir, host, port, settings, access_log=access_log, checkpoint=checkpoint, threads=threads)
 
 
 @cli.command()
