@@ -14,6 +14,7 @@ The life of a task in ``nlptk run``::
     loss = task.training_step(model, batch)     # for batch in task.batches(train, ...)
     metrics = task.evaluate(model, validation)  # {"loss": ..., "accuracy": ...}
     results = task.predict(model, ["a text"])   # [{"input": "a text", "label": ...}]
+    exportable = task.exportable(model)         # optional: what `nlptk export` traces and writes
 
 Evaluation is written once, here. :meth:`Task.evaluate` puts the model in
 eval mode under ``no_grad``, moves each batch to the device and asks the
