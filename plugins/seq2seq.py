@@ -322,7 +322,10 @@ class Seq2SeqTask(Task):
             "pad_id": v.pad_id, "unk_id": v.unk_id, "bos_id": v.bos_id, "eos_id": v.eos_id, "never_generate": [v.pad_id, v.bos_id],
             "state": {"names": names, "shape": [layers, "batch", hidden], "feed_shape": ["batch", hidden]},
             "decoding": {"beam_size": self.options.beam_size, "length_penalty": self.options.length_penalty,
-                         "max_length": self.options.max_length, "max_length_ratio": self.options.max_length_ratio},
+                         "max_length": self.options.max_length, "max_length_ratio": self.options.max_length_ratio,
+                         "greedy": "prev = bos_id; each step, the argmax of log_probs over the ids not in never_generate; "
+                                   "stop at eos_id or after max_length - 1 tokens, where max_length is "
+                                   "min(max_length, int(max_length_ratio * the longest source) + 5)"},
         }
         return Exportable(
             graphs=[encoder, step],

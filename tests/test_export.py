@@ -224,6 +224,7 @@ def test_seq2seq_encoder_and_steps_match_the_run(tmp_path):
                                 "dropout": 0.0, "max_length": 5},
         "data": {"files": files, "tokenizer": {"kind": "char"}},
         "encoder": {"cell": "lstm", "embedding_dim": 8, "hidden_size": 8, "num_layers": 2, "bidirectional": True},
+        "train": {"max_steps": 40, "epochs": 8, "eval_every": 40, "lr": 0.03},  # long enough for outputs that differ
     })
     folders = export_both(run, tmp_path)
     words = ["a", "xylophone", "cat", "internationalization", "ox", "phoenix"]
@@ -253,6 +254,30 @@ def test_seq2seq_encoder_and_steps_match_the_run(tmp_path):
                                 float((h[:, b] - ref_state.rnn[0][:, 0]).abs().max()), float((feed[b] - ref_state.feed[0]).abs().max()))
             prev = log_probs.argmax(-1)
         record(f"seq2seq lstm bi+attention+input feed encoder+2 steps {fmt}", worst)
+        greedy = greedy_from_files(folder, words)
+        assert greedy == [r["output"] for r in run.predict(words, beam_size=1)] and len(set(greedy)) > 3, greedy
+
+
+def greedy_from_files(folder: Path, words: List[str]) -> List[str]:
+    """Greedy decoding with the exported files, following the manifest's rule: what `nlptk predict --beam 1` writes."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    itos = json.loads((folder / "target_vocab.json").read_text())
+    ids = [ids_from_manifest(folder, w, "source", "source_vocab") for w in words]
+    src, lengths = pad(ids)
+    h, c, feed, memory, keys = load_graph(folder, "encoder")(src, lengths)
+    step = load_graph(folder, "decoder_step")
+    rule = manifest["decoding"]
+    max_length = min(rule["max_length"], int(rule["max_length_ratio"] * max(map(len, ids))) + 5)
+    prev, written, done = torch.full((len(words),), manifest["bos_id"]), [[] for _ in words], [False] * len(words)
+    for _ in range(max_length - 1):
+        log_probs, h, c, feed, _ = step(prev, h, c, feed, memory, keys, lengths)
+        log_probs[:, manifest["never_generate"]] = float("-inf")
+        prev = log_probs.argmax(-1)
+        for b, token in enumerate(prev.tolist()):
+            done[b] = done[b] or token == manifest["eos_id"]
+            if not done[b]:
+                written[b].append(itos[token])
+    return [" ".join(tokens) for tokens in written]  # the target tokenizer is `word`: tokens joined by spaces
 
 
 # --------------------------------------------------------------------------
