@@ -245,6 +245,7 @@ def export_command(run_dir: str, fmt: str, out: str, force: bool, checkpoint: st
     require_format(fmt)  # a missing extra is named before the run is read
     manifest = load(run_dir, checkpoint).export(out, fmt, force)
     files = [g["file"] for g in manifest["graphs"].values()] + list(manifest["vocabularies"].values())
+    files += [t["model"] for t in manifest["tokenizers"].values() if "model" in t]  # a sentencepiece model
     checks = ", ".join(f"{name} {g['check']['max_abs_difference']:.1e}" for name, g in manifest["graphs"].items())
     click.echo(f"wrote {out}: {', '.join(files)}, manifest.json (task {manifest['task']}, {fmt}; "
                f"largest difference from the run on a fresh batch: {checks})")
