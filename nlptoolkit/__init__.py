@@ -8,8 +8,9 @@ for a tag-sequence output layer), write sequences with :class:`RNNDecoder` and t
 search of :mod:`nlptoolkit.search` (its docstring gives the decoder contract;
 a task's options inherit the recipe keys of :class:`DecodingOptions`),
 declare options with :func:`at_least` for bounded numbers, and use the data helpers
-for tokens, vocabularies and batches. A task that can be exported (`nlptk export`)
-returns an :class:`Exportable` of :class:`ExportGraph` from ``Task.exportable``.
+for tokens, vocabularies and batches (:func:`is_streamed` and :class:`StreamedExamples`
+for a task that reads ``data.streaming`` splits row by row). A task that can be exported
+(`nlptk export`) returns an :class:`Exportable` of :class:`ExportGraph` from ``Task.exportable``.
 Plugins import nothing else from nlptoolkit.
 
 For scripts and notebooks: :func:`train` a recipe, :func:`load` a run folder,
@@ -20,6 +21,8 @@ from nlptoolkit.config_schema import at_least
 from nlptoolkit.crf import CRF
 from nlptoolkit.data import BucketSampler, Tokenizer, Vocabulary, build_tokenizer, column, iter_column, load_tokenizer, pad_batch
 from nlptoolkit.data.features import feature_matrix, read_feature_file
+from nlptoolkit.data.selection import is_streamed
+from nlptoolkit.data.streaming import StreamedExamples
 from nlptoolkit.decoder import Attention, Bridge, DecoderState, EncoderDecoder, Memory, RNNDecoder
 from nlptoolkit.encoder import EncoderOutput, RNNEncoder
 from nlptoolkit.errors import NlptkError
@@ -37,7 +40,7 @@ __all__ = [
     "Task", "register_task", "register_probe", "RNNEncoder", "EncoderOutput", "Stepper", "NlptkError",
     "Vocabulary", "Tokenizer", "TokenizerConfig", "build_tokenizer", "load_tokenizer", "column", "iter_column", "pad_batch", "BucketSampler",
     "accuracy", "macro_f1", "classification_metrics", "CRF", "CharEncoder", "char_batch", "at_least", "__version__",
-    "feature_matrix", "read_feature_file",
+    "feature_matrix", "read_feature_file", "is_streamed", "StreamedExamples",
     "train", "load", "Run",
     "RNNDecoder", "EncoderDecoder", "Memory", "DecoderState", "Bridge", "Attention",
     "DecodingOptions", "SearchOptions", "Hypothesis", "decode", "greedy_search", "beam_search",

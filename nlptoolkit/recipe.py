@@ -14,12 +14,13 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import yaml
 
 from nlptoolkit.bundled import find_recipe, recipe_files
 from nlptoolkit.config_schema import Locator, at_least, build, to_plain
+from nlptoolkit.data.selection import parse_split
 from nlptoolkit.errors import NlptkError, did_you_mean
 
 
@@ -38,16 +39,25 @@ class TokenizerConfig:
 
 @dataclass
 class DataConfig:
-    """Where the examples come from: exactly one of ``hub``, ``files`` or ``disk``."""
+    """Where the examples come from (exactly one of ``hub``, ``files`` or ``disk``), and which of them to use."""
 
     hub: Optional[str] = None  # a Hugging Face hub data set name (needs the network)
     config: Optional[str] = None  # hub only: the data set's configuration
     revision: Optional[str] = None  # hub only: a branch, tag or commit, for repeatable runs
-    files: Optional[Dict[str, str]] = None  # split -> local file (.jsonl, .csv, .txt, .parquet, .conll, or .gz of them); bundled:SET/FILE for the data inside the package
+    files: Optional[Dict[str, Union[str, List[str]]]] = None  # split -> local file, or a list of files read one after another (.jsonl, .csv, .txt, .parquet, .conll, or .gz of them); bundled:SET/FILE for the data inside the package
     format: Optional[Literal["csv", "json", "text", "parquet", "conll"]] = None  # null: from the file extension
-    columns: Optional[List[str]] = None  # conll: a name per column (default: tokens first, tags last)
-    disk: Optional[str] = None  # a folder written by datasets' save_to_disk
+    disk: Optional[str] = None  # a folder written by datasets' save_to_disk (a Dataset is the train split)
+    split: Optional[Dict[str, str]] = None  # split -> a datasets split expression, e.g. {train: "train[:90%]", validation: "train[90%:]"}
+    # a mapping renames the data's columns to the fields the task reads, {text: review_body}: the task's
+    # `text` is the data's `review_body`; a list names the columns of a CoNLL file (default: tokens first, tags last)
+    columns: Optional[Union[Dict[str, str], List[str]]] = None
     validation_fraction: float = at_least(0.0, 0.1, high=0.9)  # carved from train, seeded, when no validation split is given
+    sample: Optional[int] = at_least(1, None)  # train on the first N training rows (random N with shuffle_seed); before validation is carved
+    shuffle_seed: Optional[int] = at_least(0, None)  # shuffle the training rows with this seed before `sample` (streamed: within a 10,000-row buffer); null: file order
+    min_length: Optional[int] = at_least(0, None)  # drop training examples shorter than this, in the task's tokens (what the model reads)
+    max_length: Optional[int] = at_least(1, None)  # drop training examples longer than this, in the task's tokens
+    streaming: bool = False  # read the data as training needs it (an IterableDataset), never all in memory; needs a task that streams
+    vocab_sample: int = at_least(1, 10000)  # streaming only: the first N training rows fit the tokenizer, vocabulary and labels
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 
 
@@ -336,18 +346,52 @@ def recipe_from_dict(
             "train.early_stopping.metric",
             f"'{metric}' is not a metric of task '{recipe.task}'{kind}{did_you_mean(metric, reported)}; it reports {', '.join(reported)}",
         )
-    check_data_section(recipe.data, where)
+    check_data_section(recipe.data, where, task_cls)
     return recipe
 
 
-def check_data_section(data: DataConfig, where: Locator) -> None:
+def check_data_section(data: DataConfig, where: Locator, task_cls: Any = None) -> None:
     chosen = [k for k in ("hub", "files", "disk") if getattr(data, k) is not None]
     if len(chosen) != 1:
         got = "none" if not chosen else " and ".join(chosen)
         raise where.error("data", f"give exactly one data source (hub, files or disk), got {got}")
     if data.files is not None:
-        if "train" not in data.files:
+        if "train" not in data.files and not data.split:
             raise where.error("data.files", "needs a 'train' file; add `train: path/to/train.jsonl`")
         for split in data.files:
             if not re.fullmatch(r"[A-Za-z0-9_]+", split):
                 raise where.error(f"data.files.{split}", "split names are letters, digits and _ (train, validation, test)")
+    if data.split is not None:
+        if "train" not in data.split:
+            raise where.error("data.split", "needs a 'train' expression, e.g. {train: 'train[:90%]', validation: 'train[90%:]'}")
+        for split, expression in data.split.items():
+            if not re.fullmatch(r"[A-Za-z0-9_]+", split):
+                raise where.error(f"data.split.{split}", "split names are letters, digits and _ (train, validation, test)")
+            try:
+                parse_split(expression, f"data.split.{split}")
+            except NlptkError as exc:
+                raise where.error(f"data.split.{split}", str(exc).split(": ", 1)[1]) from None
+    if isinstance(data.columns, dict):
+        if not data.columns:
+            raise where.error("data.columns", "an empty mapping; map a task field to a column, e.g. {text: review_body}, or remove the key")
+        for name, column in data.columns.items():
+            if not column:
+                raise where.error(f"data.columns.{name}", "an empty column name; give the data's column that holds the task's field")
+    elif isinstance(data.columns, list) and data.format != "conll" and not _conll_files(data):
+        raise where.error("data.columns", "a list names the columns of a CoNLL file; to rename columns give a mapping, e.g. {text: review_body}")
+    if data.min_length is not None and data.max_length is not None and data.min_length > data.max_length:
+        raise where.error("data.min_length", f"{data.min_length} is more than data.max_length {data.max_length}; no example could be kept")
+    if data.streaming:
+        if data.format == "conll" or _conll_files(data):
+            raise where.error("data.streaming", "CoNLL files are read whole; turn streaming off, or convert the data to json lines")
+        if task_cls is not None and not getattr(task_cls, "streams", False):
+            raise where.error(
+                "data.streaming",
+                f"task '{task_cls.name}' reads its data in memory and cannot stream it; set data.streaming: false "
+                "(streaming tasks: those with `streams = True`, e.g. language_model and sentiment)",
+            )
+
+
+def _conll_files(data: DataConfig) -> bool:
+    paths = [p for v in (data.files or {}).values() for p in ([v] if isinstance(v, str) else v)]
+    return bool(paths) and all(p.removesuffix(".gz").endswith(".conll") for p in paths)

@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import copy
 import shutil
+import sys
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
 from nlptoolkit import distributed
 
 from nlptoolkit.checkpoint import atomic_write_text, load_checkpoint
+from nlptoolkit.data.selection import filter_examples, length_filter
 from nlptoolkit.data.sources import load_splits
+from nlptoolkit.data.streaming import StreamedExamples, fit_sample
 from nlptoolkit.errors import NlptkError
 from nlptoolkit.precision import choose_precision
 from nlptoolkit.recipe import Recipe, load_recipe, recipe_from_dict
@@ -96,7 +99,10 @@ def train(
     task = make_task(recipe, run_dir if proc.is_main else None)  # only rank 0 writes files
     if proc.world_size > 1 and task.device.type == "cuda":
         task.device = torch.device("cuda", proc.local_rank)
-    splits = load_splits(recipe.data, recipe.seed, task.shuffle_split)
+    log = (lambda text: print(text, file=sys.stderr, flush=True)) if proc.is_main else (lambda text: None)
+    if recipe.data.streaming and not getattr(task, "streams", False):  # a recipe dict built without validation
+        raise NlptkError(f"data.streaming: task '{recipe.task}' reads its data in memory and cannot stream it; set data.streaming: false")
+    splits = load_splits(recipe.data, recipe.seed, task.shuffle_split, log=log)
     task.sources = describe_sources(recipe)
     if payload is not None:
         try:
@@ -104,8 +110,8 @@ def train(
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise NlptkError(f"--resume {run_dir}: last.pt is damaged: its task state does not load ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})") from None
     else:
-        task.setup(splits["train"])
-    train_examples = task.encode(splits["train"], "train")
+        task.setup(setup_rows(splits["train"], recipe.data, log))
+    train_examples = filter_lengths(task, task.encode(splits["train"], "train"), recipe.data, log)
     validation = task.encode(splits["validation"], "validation")
     model = task.build_model().to(task.device)
     if payload is None and proc.is_main:
@@ -134,14 +140,42 @@ def train(
     return {"run_dir": str(run_dir), "rank": proc.rank, **summary}
 
 
+def setup_rows(train: Any, data: Any, log: Callable[[str], None]) -> Any:
+    """What ``Task.setup`` fits on: the train split, or the first ``data.vocab_sample`` rows of a stream."""
+    if not data.streaming:
+        return train
+    sample = fit_sample(train, data.vocab_sample)
+    complete = " (all of it)" if len(sample) < data.vocab_sample else ""
+    log(f"data: tokenizer, vocabulary and labels fitted on the first {len(sample):,} rows of the streamed train split{complete} (data.vocab_sample: {data.vocab_sample})")
+    return sample
+
+
+def filter_lengths(task: Any, examples: Any, data: Any, log: Callable[[str], None]) -> Any:
+    """The training examples within ``data.min_length`` .. ``data.max_length`` tokens (the task's ``length``)."""
+    keep = length_filter(data.min_length, data.max_length, task.length)
+    if keep is None:
+        return examples
+    bounds = f"data.min_length: {data.min_length}, data.max_length: {data.max_length}"
+    if isinstance(examples, StreamedExamples):
+        log(f"data: training examples of other lengths are skipped as they are read ({bounds})")
+        return examples.filtered(keep)
+    kept = filter_examples(examples, keep, task.name)
+    log(f"data: kept {len(kept):,} of {len(examples):,} training examples ({bounds}; lengths in the task's tokens)")
+    if not kept:
+        raise NlptkError(f"data.min_length / data.max_length: no training example is within them ({bounds}); widen them")
+    return kept
+
+
 def describe_sources(recipe: Recipe) -> Dict[str, str]:
     """How to name each split in an error message."""
     data = recipe.data
-    if data.files:
-        names = {split: f"{path} (data.files.{split})" for split, path in data.files.items()}
-        names.setdefault("validation", f"the validation split carved from {data.files['train']}")
-        names["train"] = f"{data.files['train']} (data.files.train)"
+    if data.files and not data.split:
+        shown = {split: path if isinstance(path, str) else " + ".join(path) for split, path in data.files.items()}
+        names = {split: f"{path} (data.files.{split})" for split, path in shown.items()}
+        names.setdefault("validation", f"the validation split carved from {shown['train']}")
         return names
+    if data.split:
+        return {split: f"split '{split}' ({expression}, data.split.{split})" for split, expression in data.split.items()}
     origin = f"hub dataset '{data.hub}'" if data.hub else f"saved dataset {data.disk}"
     return {split: f"split '{split}' of {origin}" for split in ("train", "validation", "test")}
 

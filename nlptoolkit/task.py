@@ -50,6 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from nlptoolkit.data.batching import BucketSampler
+from nlptoolkit.data.streaming import StreamedBatches, StreamedExamples
 from nlptoolkit.errors import NlptkError
 
 if TYPE_CHECKING:
@@ -76,6 +77,10 @@ class Task:
     # A task that writes sequences takes the decoding settings `--beam` and `--nbest`
     # (``beam_size``, ``nbest``; its Options give the default ``beam_size``).
     decodes: ClassVar[bool] = False
+    # A task that can read a streamed split (``data.streaming: true``, an IterableDataset)
+    # without holding it in memory: its ``encode`` returns a ``StreamedExamples`` (or its
+    # own lazy stream, with ``batches`` to match) for one. Others refuse the recipe key.
+    streams: ClassVar[bool] = False
 
     @classmethod
     def reported_metrics(cls, recipe: Any) -> Sequence[str]:
@@ -123,8 +128,17 @@ class Task:
         raise NotImplementedError
 
     def batches(self, examples: Sequence[Any], train: bool, epoch: int = 0, rank: int = 0, world_size: int = 1) -> "Batches":
-        """Training or evaluation batches; length-bucketed unless the recipe says otherwise."""
+        """Training or evaluation batches; length-bucketed unless the recipe says otherwise.
+
+        ``StreamedExamples`` (a streamed split) get ``StreamedBatches``: the same
+        bucketing and seeded order, one window of batches at a time, and no ``len``.
+        """
         cfg = self.recipe.train
+        if isinstance(examples, StreamedExamples):
+            return StreamedBatches(  # type: ignore[return-value]
+                examples, self.length, self.collate, cfg.batch_size, shuffle=train, bucket=cfg.bucket,
+                seed=self.recipe.seed, epoch=epoch, rank=rank if train else 0, world_size=world_size if train else 1,
+            )
         sampler = BucketSampler(
             [self.length(e) for e in examples],
             cfg.batch_size,

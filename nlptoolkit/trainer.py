@@ -80,6 +80,14 @@ def _test_signal_at_step() -> Optional[Tuple[int, int]]:
     return int(step), int(getattr(signal, "SIG" + (name or "TERM").upper()))
 
 
+def batch_count(batches: Any) -> Optional[int]:
+    """How many batches an epoch has, or None for a stream (``data.streaming``), whose length is unknown."""
+    try:
+        return len(batches)
+    except TypeError:
+        return None
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -281,12 +289,17 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------
     def fit(self, train: Any, validation: Any) -> Dict[str, Any]:
         cfg = self.cfg
-        steps_per_epoch = len(self.task.batches(train, train=True, epoch=0, rank=self.rank, world_size=self.world_size))
+        steps_per_epoch = batch_count(self.task.batches(train, train=True, epoch=0, rank=self.rank, world_size=self.world_size))
         if steps_per_epoch == 0:
             raise NlptkError(f"train.batch_size: {cfg.batch_size} leaves no training batch for {self.world_size} process(es); lower it or add data")
+        if steps_per_epoch is None and cfg.scheduler == "cosine" and cfg.max_steps is None and cfg.max_minutes is None:
+            raise NlptkError(
+                "train.scheduler: cosine decays to 0 where training ends, and the length of a streamed corpus "
+                "(data.streaming: true) is not known ahead; set train.max_steps or train.max_minutes"
+            )
         self.steps_per_epoch = steps_per_epoch
         # training ends at whichever comes first, max_steps or the last epoch: so does the schedule
-        total_steps = min(cfg.max_steps or math.inf, steps_per_epoch * cfg.epochs)
+        total_steps = min(cfg.max_steps or math.inf, steps_per_epoch * cfg.epochs if steps_per_epoch is not None else math.inf)
         resumed_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.scheduler = self._build_scheduler(total_steps)
         if getattr(self, "_pending_scheduler", None) and self.scheduler is not None:
@@ -326,8 +339,10 @@ class Trainer:
             if state.batch_in_epoch == 0:
                 task.on_epoch_start(state.epoch)
             self.padding = batches.padding_fraction()
+            self.epoch_batches = batches
+            count = batch_count(batches)
             bar = tqdm(
-                total=len(batches), initial=state.batch_in_epoch, desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
+                total=count, initial=state.batch_in_epoch, desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
                 disable=not self.show_bar, leave=False, dynamic_ncols=True, file=sys.stderr,
             )
             tick, tick_tokens = time.perf_counter(), 0
@@ -358,7 +373,7 @@ class Trainer:
                     now = time.perf_counter()
                     if now - line_at >= PROGRESS_LINE_SECONDS:
                         self.log(
-                            f"step {state.step} epoch {state.epoch + 1}/{cfg.epochs} batch {state.batch_in_epoch}/{len(batches)}: "
+                            f"step {state.step} epoch {state.epoch + 1}/{cfg.epochs} batch {state.batch_in_epoch}{f'/{count}' if count is not None else ''}: "
                             f"train_loss={line_loss[0] / line_loss[1]:.4f} tokens/s={line_tokens / max(now - line_at, 1e-9):,.0f} "
                             f"grad_norm={state.grad_norm_sum / max(state.loss_count, 1):.3f} clipped={state.clipped_steps / max(state.loss_count, 1):.0%}"
                         )
@@ -372,6 +387,8 @@ class Trainer:
                     state.finished = True
                     break
             bar.close()
+            if not state.finished and state.batch_in_epoch == 0:  # only a stream can turn out empty here
+                raise NlptkError(f"the training data gave no batch in epoch {state.epoch + 1} (train.batch_size: {cfg.batch_size}); check the data source")
             if not state.finished:
                 state.epoch += 1
                 state.batch_in_epoch = 0
@@ -391,6 +408,13 @@ class Trainer:
     last_eval_step: Optional[int] = None
     last_metrics: Dict[str, float] = {}
     padding: float = 0.0
+    epoch_batches: Any = None
+
+    def _padding(self) -> float:
+        """The epoch's padding fraction: known ahead for in-memory batches, measured so far for streamed ones."""
+        if getattr(self.epoch_batches, "streamed", False):
+            return self.epoch_batches.padding_fraction()
+        return self.padding
 
     def _step(self, batch: Dict[str, Any]) -> float:
         cfg, state = self.cfg, self.state
@@ -528,14 +552,14 @@ class Trainer:
         train_loss = state.loss_sum / state.loss_count if state.loss_count else None
         steps = state.loss_count
         record = {
-            "epoch": round(state.epoch + state.batch_in_epoch / self.steps_per_epoch, 4),
+            "epoch": round(state.epoch + state.batch_in_epoch / self.steps_per_epoch, 4) if self.steps_per_epoch else state.epoch,
             "step": state.step,
             "train_loss": train_loss,
             "lr": self.optimizer.param_groups[0]["lr"],
             "grad_norm": state.grad_norm_sum / steps if steps else None,  # mean before clipping
             "grad_norm_max": state.grad_norm_max if steps else None,
             "clipped_fraction": state.clipped_steps / steps if steps else None,  # steps where clipping fired
-            "padding_fraction": round(self.padding, 6),
+            "padding_fraction": round(self._padding(), 6),
             "tokens_per_second": state.tokens / elapsed if elapsed > 0 else None,
             "elapsed_seconds": round(elapsed, 3),
             "validation": metrics,
@@ -578,7 +602,7 @@ class Trainer:
             "processes": self.world_size,
             "train_seconds": round(state.train_seconds, 2),
             "tokens_per_second": round(state.tokens / state.train_seconds, 1) if state.train_seconds else None,
-            "padding_fraction": round(self.padding, 6),
+            "padding_fraction": round(self._padding(), 6),
             "precision": self.precision.to_dict(),
             "best": {"metric": self.metric, "value": state.best_value, "step": state.best_step},
             "final": self.last_metrics,

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nlptoolkit import (
-    ExportGraph, Exportable, NlptkError, RNNEncoder, Stepper, Task, Vocabulary, build_tokenizer, example_tokens, iter_column,
-    load_tokenizer, register_task,
+    ExportGraph, Exportable, NlptkError, RNNEncoder, Stepper, Task, Vocabulary, build_tokenizer, example_tokens, is_streamed,
+    iter_column, load_tokenizer, register_task,
 )
 
 State = Union[Tensor, Tuple[Tensor, Tensor]]
@@ -51,6 +51,7 @@ class LanguageModelOptions:
     sample_tokens: int = 200  # a sample printed after each evaluation; 0: none
     sample_prompt: str = ""
     sample_temperature: float = 0.8
+    stream_window: int = 100  # data.streaming only: chunks of bptt tokens per stream read into memory at a time; the state restarts between windows
 
 
 # ----------------------------------------------------------------------------
@@ -139,6 +140,73 @@ class StreamBatches:
         return 0.0
 
 
+class TokenStream:
+    """A streamed split's token ids, a line at a time, read as they are asked for (data.streaming)."""
+
+    def __init__(self, task: "LanguageModelTask", dataset: Any, split: str) -> None:
+        self.task, self.dataset, self.split = task, dataset, split
+
+    def __iter__(self) -> Iterator[List[int]]:
+        for line in self.task._lines(self.dataset, self.split):
+            yield self.task.vocab.encode(self.task._tokens(line))
+
+
+class WindowBatches:
+    """Stream batches over a :class:`TokenStream`, one window at a time.
+
+    A stream's length is not known ahead, so it cannot be cut into ``streams``
+    contiguous parts as a whole. Instead each window of ``streams x window``
+    tokens is cut that way and read as :class:`StreamBatches` reads a whole
+    text; the first batch of each window has ``reset_state`` (the hidden
+    state of row b does not continue into the next window's row b). A text
+    shorter than one window gives exactly the batches of the in-memory path.
+    Memory: one window of int32 ids.
+    """
+
+    def __init__(self, tokens: TokenStream, streams: int, bptt: int, window: int, rank: int = 0, world_size: int = 1, train: bool = True) -> None:
+        self.tokens, self.streams, self.bptt = tokens, streams, bptt
+        self.window, self.rank, self.world_size, self.train = window, rank, world_size, train
+
+    def __iter__(self) -> Iterator[Dict[str, Tensor]]:
+        return self.from_position(0)
+
+    def from_position(self, start: int) -> Iterator[Dict[str, Any]]:
+        """Batches from number ``start`` on; the windows before it are read again and skipped."""
+        number = 0
+        rows_total = self.streams * self.world_size
+        size = rows_total * self.window * self.bptt
+        for ids in self._windows(size):
+            if self.train:
+                if ids.numel() < rows_total * (self.bptt + 1):
+                    continue  # a last window too short for a chunk on every stream
+                rows = split_streams(ids, rows_total)[self.rank * self.streams : (self.rank + 1) * self.streams]
+            else:
+                rows = split_streams(ids, max(1, min(self.streams, ids.numel() // (self.bptt + 1))))
+            for k, batch in enumerate(StreamBatches(rows, self.bptt)):
+                if number >= start:
+                    batch["reset_state"] = k == 0
+                    yield batch
+                number += 1
+        if number == 0:
+            raise NlptkError(
+                f"{self.tokens.task.sources.get(self.tokens.split, f'the {self.tokens.split} split')}: too few tokens for one chunk of "
+                f"{rows_total if self.train else 1} stream(s) of task.bptt {self.bptt} + 1; lower train.batch_size or task.bptt, or give more text"
+            )
+
+    def _windows(self, size: int) -> Iterator[Tensor]:
+        buffer = array("i")
+        for line_ids in self.tokens:
+            buffer.extend(line_ids)
+            while len(buffer) >= size + 1:
+                yield torch.frombuffer(buffer[: size + 1], dtype=torch.int32)
+                del buffer[:size]  # the window's last token is also the next window's first input
+        if len(buffer) >= 2:
+            yield torch.frombuffer(buffer, dtype=torch.int32)
+
+    def padding_fraction(self) -> float:
+        return 0.0
+
+
 # ----------------------------------------------------------------------------
 # Text <-> tokens
 # ----------------------------------------------------------------------------
@@ -208,6 +276,7 @@ class LanguageModelTask(Task):
     description = "Language model (char, word or subword) trained with truncated BPTT; metrics loss, perplexity, bpc; `nlptk generate`."
     Options = LanguageModelOptions
     shuffle_split = False  # a carved validation split is the end of the text, not random lines
+    streams = True  # data.streaming: the text is read a window at a time (WindowBatches)
     metrics = ("loss", "perplexity", "bpc")
 
     @classmethod
@@ -244,11 +313,17 @@ class LanguageModelTask(Task):
         Rows of a `text` file keep their line breaks, so their concatenation is
         the file; rows without one (json, csv) are taken as separate lines.
         """
-        last = len(dataset) - 1
-        for i, row in enumerate(iter_column(dataset, self.options.text_field, split, "task.text_field")):
+        field = self.options.text_field
+        rows = (row.get(field) for row in dataset) if is_streamed(dataset) else iter_column(dataset, field, split, "task.text_field")
+        previous: Optional[str] = None
+        for i, row in enumerate(rows):  # one row behind: the last row is only known at the end
             if not isinstance(row, str):
-                raise self.data_error(split, i, f"field '{self.options.text_field}' is {type(row).__name__}, not text; fix or remove the row")
-            yield row if row.endswith("\n") or i == last else row + "\n"
+                raise self.data_error(split, i, f"field '{field}' is {type(row).__name__}, not text; fix or remove the row (or set task.text_field)")
+            if previous is not None:
+                yield previous if previous.endswith("\n") else previous + "\n"
+            previous = row
+        if previous is not None:
+            yield previous
 
     def _tokens(self, text: str, end_last_line: bool = True) -> List[str]:
         """Tokens of a text. Characters keep the newline as a token; words and
@@ -263,12 +338,15 @@ class LanguageModelTask(Task):
             tokens += self.tokenizer.tokenize(last) + ([Vocabulary.EOS] if end_last_line else [])
         return tokens
 
-    def encode(self, dataset: Any, split: str) -> Tensor:
+    def encode(self, dataset: Any, split: str) -> Union[Tensor, TokenStream]:
         """The split as one 1-D int32 tensor of token ids, built line by line.
 
         4 bytes a token and no Python object per token: a 200 MB corpus
         becomes an 800 MB buffer, and batches are made from views of it.
+        A streamed split (data.streaming) stays a TokenStream, read as batches need it.
         """
+        if is_streamed(dataset):
+            return TokenStream(self, dataset, split)
         buffer = array("i")
         for line in self._lines(dataset, split):
             buffer.extend(self.vocab.encode(self._tokens(line)))
@@ -280,6 +358,9 @@ class LanguageModelTask(Task):
     def batches(self, examples: Tensor, train: bool, epoch: int = 0, rank: int = 0, world_size: int = 1) -> StreamBatches:
         """Training: train.batch_size streams per process. Evaluation: up to task.eval_streams streams."""
         bptt = self.options.bptt
+        if isinstance(examples, TokenStream):
+            streams = self.recipe.train.batch_size if train else self.options.eval_streams
+            return WindowBatches(examples, streams, bptt, self.options.stream_window, rank if train else 0, world_size if train else 1, train)
         if not train:
             streams = max(1, min(self.options.eval_streams, examples.numel() // (bptt + 1)))
             return StreamBatches(split_streams(examples, streams), bptt)
@@ -304,6 +385,8 @@ class LanguageModelTask(Task):
         return LanguageModel(encoder, len(self.vocab), self.options.dropout, self.options.tie_weights)
 
     def training_step(self, model: nn.Module, batch: Dict[str, Tensor]) -> Tensor:
+        if batch.get("reset_state"):  # a new window of a streamed text
+            self.carried = None
         logits, state = model(batch["inputs"], self.carried)
         self.carried = detach(state)
         return F.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten())
@@ -312,6 +395,8 @@ class LanguageModelTask(Task):
         self.eval_state = None  # evaluation reads the stream with state carried across chunks
 
     def evaluate_batch(self, model: nn.Module, batch: Dict[str, Tensor]) -> Dict[str, Any]:
+        if batch.get("reset_state"):
+            self.eval_state = None
         logits, self.eval_state = model(batch["inputs"], self.eval_state)
         loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(), reduction="sum")
         return {"loss_sum": loss_sum, "tokens": batch["targets"].numel()}
@@ -486,6 +571,7 @@ def check_recipe(recipe: Any) -> None:
         ("bptt", options.bptt >= 1, "at least 1"),
         ("dropout", 0.0 <= options.dropout < 1.0, "in [0, 1)"),
         ("eval_streams", options.eval_streams >= 1, "at least 1"),
+        ("stream_window", options.stream_window >= 1, "at least 1"),
         ("sample_tokens", options.sample_tokens >= 0, "0 or more"),
         ("sample_temperature", options.sample_temperature >= 0, "0 (greedy) or more"),
     ]

@@ -14,11 +14,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nlptoolkit import (
-    ExportGraph, Exportable, RNNEncoder, Task, Vocabulary, build_tokenizer, classification_metrics, column,
-    example_tokens, load_tokenizer, pad_batch, register_task,
+    ExportGraph, Exportable, RNNEncoder, StreamedExamples, Task, Vocabulary, build_tokenizer, classification_metrics, column,
+    example_tokens, is_streamed, load_tokenizer, pad_batch, register_task,
 )
 
 Example = Tuple[List[int], Optional[int]]  # (token ids, label id; None when predicting)
+_MISSING = object()  # a streamed row without the label field
 
 
 @dataclass
@@ -67,6 +68,7 @@ class SentimentTask(Task):
     description = "Classify whole texts (many-to-one), e.g. sentence polarity; metrics accuracy and macro_f1."
     Options = SentimentOptions
     metrics = ("accuracy", "macro_f1", "loss")
+    streams = True  # data.streaming: a streamed split is encoded row by row as batches need it
 
     # -- data -----------------------------------------------------------------
     def setup(self, train: Any) -> None:
@@ -99,20 +101,28 @@ class SentimentTask(Task):
             raise self.data_error(split, row, f"field '{self.options.label_field}' is {value!r}; every row needs a label")
         return str(value)
 
-    def encode(self, dataset: Any, split: str) -> List[Example]:
+    def encode(self, dataset: Any, split: str) -> Any:
+        """Examples: a list, or for a streamed split (data.streaming) a StreamedExamples made as it is read."""
+        text_field, label_field = self.options.text_field, self.options.label_field
+        if is_streamed(dataset):
+            return StreamedExamples(dataset, lambda row, values: self._example(split, row, values.get(text_field), values.get(label_field, _MISSING)))
         texts = self._texts(dataset, split)
-        raw_labels = column(dataset, self.options.label_field, split, "task.label_field")
-        index = self.labels.stoi
-        examples = []
-        for row, (text, raw) in enumerate(zip(texts, raw_labels)):
-            ids = self.vocab.encode(self.tokenizer.tokenize(text))
-            if not ids:
-                raise self.data_error(split, row, "the text has no tokens (empty or only spaces); remove the row")
-            label = self._label_text(raw, row, split)
-            if label not in index:
-                raise self.data_error(split, row, f"unknown label '{label}'; the model knows {', '.join(self.labels.itos)}")
-            examples.append((ids, index[label]))
-        return examples
+        raw_labels = column(dataset, label_field, split, "task.label_field")
+        return [self._example(split, row, text, raw) for row, (text, raw) in enumerate(zip(texts, raw_labels))]
+
+    def _example(self, split: str, row: int, text: Any, raw: Any) -> Example:
+        if raw is _MISSING:
+            raise self.data_error(split, row, f"no field '{self.options.label_field}'; set task.label_field to the field that holds the label")
+        if not isinstance(text, str):
+            raise self.data_error(split, row, f"field '{self.options.text_field}' is {type(text).__name__}, not text; fix or remove the row (or set task.text_field)")
+        ids = self.vocab.encode(self.tokenizer.tokenize(text))
+        if not ids:
+            raise self.data_error(split, row, "the text has no tokens (empty or only spaces); remove the row")
+        label = self._label_text(raw, row, split)
+        if label not in self.labels.stoi:
+            sampled = " (labels come from the first data.vocab_sample rows of a streamed train split)" if self.recipe.data.streaming else ""
+            raise self.data_error(split, row, f"unknown label '{label}'; the model knows {', '.join(self.labels.itos)}{sampled}")
+        return (ids, self.labels.stoi[label])
 
     def length(self, example: Example) -> int:
         return len(example[0])

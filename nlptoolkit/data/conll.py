@@ -68,14 +68,19 @@ def read_conll(path: Path, columns: Optional[Sequence[str]], key: str) -> Dict[s
     return rows
 
 
-def load_conll(files: Dict[str, str], columns: Optional[Sequence[str]], key: str) -> "object":
-    """A DatasetDict with one row per sentence of each split's CoNLL file."""
+def load_conll(files: Dict[str, List[str]], columns: Optional[Sequence[str]], key: str) -> "object":
+    """A DatasetDict with one row per sentence of each split's CoNLL files (several files: one after another)."""
     import datasets
 
     loaded = {}
-    for split, path in files.items():
-        rows = read_conll(Path(path), columns, f"{key}.{split}")
-        if not next(iter(rows.values())):
-            raise NlptkError(f"{key}.{split}: {path} holds no sentences; a CoNLL file has one token and tag per line")
+    for split, paths in files.items():
+        rows: Dict[str, List[List[str]]] = {}
+        for i, path in enumerate(paths):
+            where = f"{key}.{split}[{i}]" if len(paths) > 1 else f"{key}.{split}"
+            part = read_conll(Path(path), columns, where)
+            if not next(iter(part.values())):
+                raise NlptkError(f"{where}: {path} holds no sentences; a CoNLL file has one token and tag per line")
+            for name, values in part.items():
+                rows.setdefault(name, []).extend(values)
         loaded[split] = datasets.Dataset.from_dict(rows)
     return datasets.DatasetDict(loaded)

@@ -12,10 +12,11 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from nlptoolkit.bundled import resolve_data_path
 from nlptoolkit.data.conll import load_conll
+from nlptoolkit.data.selection import map_columns, parse_split, sample_rows, select_splits
 from nlptoolkit.errors import NlptkError
 
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".txt": "text", ".text": "text", ".parquet": "parquet", ".conll": "conll"}
@@ -62,46 +63,74 @@ def infer_format(paths: Dict[str, str], fmt: Optional[str], key: str = "data.for
     raise NlptkError(f"{key}: cannot tell the file format from {', '.join(sorted(suffixes))}; set `data.format` to csv, json, text, parquet or conll")
 
 
-def load_files(files: Dict[str, str], fmt: Optional[str] = None, key: str = "data.files", columns: Optional[List[str]] = None) -> Any:
-    """Read local files, one per split, into a DatasetDict (``columns``: names of a CoNLL file's columns).
+def load_files(
+    files: Dict[str, Union[str, List[str]]], fmt: Optional[str] = None, key: str = "data.files",
+    columns: Optional[Union[List[str], Dict[str, str]]] = None, streaming: bool = False,
+) -> Any:
+    """Read local files into a DatasetDict: a file or a list of files per split.
 
-    ``bundled:`` paths name files inside the package; ``.gz`` files are read compressed."""
+    ``columns`` is the recipe's ``data.columns``: a list names a CoNLL file's
+    columns; a mapping renames columns to the task's fields (``{text: review_body}``).
+
+    ``bundled:`` paths name files inside the package; ``.gz`` files are read compressed.
+    ``streaming``: an IterableDatasetDict whose rows are read as training asks for them.
+    """
     datasets = _quiet_datasets()
-    files = {split: resolve_data_path(str(path), f"{key}.{split}") for split, path in files.items()}
-    for split, path in files.items():
-        if not Path(path).is_file():
-            hint = f" (relative paths start from the current folder, {os.getcwd()})" if not os.path.isabs(path) else ""
-            if not os.environ.get("NLPTK_DATA"):  # a recipe reading ${NLPTK_DATA:-...} fell back to its default
-                hint += "; NLPTK_DATA is not set: set it to the folder that holds the data sets (the recipes read ${NLPTK_DATA}/<set>/<file>)"
-            if key.startswith("data."):
-                hint += f", or give the file with --set {key}.{split}=PATH"
-            raise NlptkError(f"{key}.{split}: file {path} does not exist{hint}")
-        if _blank(Path(path)):  # datasets fails on these with an empty StopIteration
-            raise NlptkError(f"{key}.{split}: {path} is empty (no examples); give a file with at least one row")
-    fmt = infer_format(files, fmt)
+    lists = {split: [paths] if isinstance(paths, str) else list(paths) for split, paths in files.items()}
+    resolved: Dict[str, List[str]] = {}
+    for split, paths in lists.items():
+        many = len(paths) > 1 or not isinstance(files[split], str)
+        if not paths:
+            raise NlptkError(f"{key}.{split}: an empty list; give at least one file")
+        resolved[split] = []
+        for i, path in enumerate(paths):
+            where = f"{key}.{split}[{i}]" if many else f"{key}.{split}"
+            path = resolve_data_path(str(path), where)
+            check_file(path, where, key, split)
+            resolved[split].append(path)
+    fmt = infer_format({f"{s}{i}": p for s, ps in resolved.items() for i, p in enumerate(ps)}, fmt)
     if fmt == "conll":
-        return load_conll(files, columns, key)
+        if streaming:
+            raise NlptkError("data.streaming: CoNLL files are read whole; turn streaming off, or convert the data to json lines")
+        loaded = load_conll(resolved, columns if isinstance(columns, list) else None, key)
+        return map_columns(loaded, columns, key) if isinstance(columns, dict) else loaded
     if fmt == "json":
-        for split, path in files.items():
-            check_json_lines(Path(path), f"{key}.{split}")
+        for split, paths in resolved.items():
+            for path in paths:  # a stream is checked at its start only: reading it all is what streaming avoids
+                check_json_lines(Path(path), f"{key}.{split}", max_lines=1000 if streaming else None)
     kwargs: Dict[str, Any] = {"keep_linebreaks": True} if fmt == "text" else {}
     try:
-        loaded = datasets.load_dataset(fmt, data_files={k: str(v) for k, v in files.items()}, **kwargs)
+        loaded = datasets.load_dataset(fmt, data_files=resolved, streaming=streaming, **kwargs)
     except Exception as exc:  # datasets wraps parser errors in many types
-        if len(files) == 1:
-            names = ", ".join(str(p) for p in files.values())
+        if len(resolved) == 1:
+            names = ", ".join(p for ps in resolved.values() for p in ps)
             raise NlptkError(f"{key}: could not read {names} as {fmt}: {_one_line(exc)}; check the file or set `data.format`") from None
         # Read together, the splits must share one schema: a value of another type in one
         # file (a word among a list of numbers) fails the whole load without naming a row.
         # Read apart, each file gets its own schema and the task's checks name the row.
-        loaded = datasets.DatasetDict({split: load_files({split: path}, fmt, key)[split] for split, path in files.items()})
-    for split, path in files.items():
-        if len(loaded[split]) == 0:
-            raise NlptkError(f"{key}.{split}: {path} holds no examples; give a file with at least one row")
-    return loaded
+        parts = {split: load_files({split: files[split]}, fmt, key, columns, streaming)[split] for split in resolved}
+        loaded = (datasets.IterableDatasetDict if streaming else datasets.DatasetDict)(parts)
+    if not streaming:
+        for split, paths in resolved.items():
+            if len(loaded[split]) == 0:
+                raise NlptkError(f"{key}.{split}: {', '.join(paths)} holds no examples; give a file with at least one row")
+    return map_columns(loaded, columns, key) if isinstance(columns, dict) else loaded
 
 
-def check_json_lines(path: Path, key: str) -> None:
+def check_file(path: str, where: str, key: str, split: str) -> None:
+    """A data file that exists and is not blank, or an error naming the recipe key."""
+    if not Path(path).is_file():
+        hint = f" (relative paths start from the current folder, {os.getcwd()})" if not os.path.isabs(path) else ""
+        if not os.environ.get("NLPTK_DATA"):  # a recipe reading ${NLPTK_DATA:-...} fell back to its default
+            hint += "; NLPTK_DATA is not set: set it to the folder that holds the data sets (the recipes read ${NLPTK_DATA}/<set>/<file>)"
+        if key.startswith("data."):
+            hint += f", or give the file with --set {key}.{split}=PATH"
+        raise NlptkError(f"{where}: file {path} does not exist{hint}")
+    if _blank(Path(path)):  # datasets fails on these with an empty StopIteration
+        raise NlptkError(f"{where}: {path} is empty (no examples); give a file with at least one row")
+
+
+def check_json_lines(path: Path, key: str, max_lines: Optional[int] = None) -> None:
     """Check a JSON Lines file line by line before pyarrow parses it.
 
     Each non-blank line must be a JSON object. This names the bad line, and
@@ -115,6 +144,8 @@ def check_json_lines(path: Path, key: str) -> None:
             return
         f.seek(0)
         for number, raw in enumerate(f, 1):
+            if max_lines is not None and number > max_lines:
+                return
             if number == 1:
                 raw = raw[len(codecs.BOM_UTF8):] if raw.startswith(codecs.BOM_UTF8) else raw
             if not raw.strip():
@@ -147,34 +178,34 @@ def _one_json_document(path: Path) -> bool:
         return False
 
 
-def load_splits(config: Any, seed: int, shuffle_split: bool = True) -> Any:
-    """Load the recipe's ``data:`` section (a DataConfig) and make sure validation exists."""
-    datasets = _quiet_datasets()
-    if config.files is not None:
-        loaded = load_files(config.files, config.format, columns=config.columns)
-        origin = "data.files"
-    elif config.disk is not None:
-        if not Path(config.disk).exists():
-            raise NlptkError(f"data.disk: folder {config.disk} does not exist; give a folder written by `Dataset.save_to_disk`")
-        try:
-            loaded = datasets.load_from_disk(config.disk)
-        except Exception as exc:
-            raise NlptkError(f"data.disk: could not load {config.disk}: {_one_line(exc)}; it must be a folder written by save_to_disk") from None
-        if isinstance(loaded, datasets.Dataset):
-            loaded = datasets.DatasetDict({"train": loaded})
-        origin = "data.disk"
-    else:
-        try:
-            loaded = datasets.load_dataset(config.hub, config.config, revision=config.revision)
-        except Exception as exc:
-            raise NlptkError(
-                f"data.hub: could not load '{config.hub}' from the Hugging Face hub ({_one_line(exc)}); "
-                "if the hub is unreachable from this machine, download the data elsewhere and use `data.files` "
-                "(csv/json/text/parquet) or `data.disk` (a save_to_disk folder) instead"
-            ) from None
-        origin = "data.hub"
+def load_splits(config: Any, seed: int, shuffle_split: bool = True, log: Optional[Callable[[str], None]] = None) -> Any:
+    """Load the recipe's ``data:`` section (a DataConfig): the splits, their columns
+    and the training rows it selects (see ``nlptoolkit/data/selection.py``), with a
+    validation split carved from train when none is given.
+
+    With ``data.streaming`` the splits are ``IterableDataset``s: nothing is read
+    until the task asks for rows.
+    """
+    streaming = config.streaming
+    split_keys = dict(config.split or {})
+    loaded, origin = load_source(config, split_keys, streaming)
+    if split_keys and config.hub is None:  # the hub cuts its own splits (load_hub)
+        loaded = select_splits(loaded, split_keys, origin, streaming)
+    if isinstance(config.columns, dict):
+        loaded = map_columns(loaded, config.columns, origin)
     if "train" not in loaded:
         raise NlptkError(f"{origin}: no 'train' split (found {', '.join(loaded) or 'none'}); name the training split 'train'")
+    loaded["train"] = sample_rows(loaded["train"], config.sample, config.shuffle_seed)
+    if streaming:
+        if "validation" not in loaded:
+            raise NlptkError(
+                f"data.streaming: {origin} has no validation split, and a fraction of a stream of unknown length "
+                "cannot be carved; give one (data.files.validation), or cut it by rows with data.split, e.g. "
+                "{train: 'train[1000:]', validation: 'train[:1000]'}"
+            )
+        if log is not None:
+            log(f"data: streaming {origin} (data.streaming: true); rows are read as training needs them")
+        return loaded
     if len(loaded["train"]) == 0:
         raise NlptkError(f"{origin}: the train split holds no examples")
     if "validation" not in loaded:
@@ -183,6 +214,60 @@ def load_splits(config: Any, seed: int, shuffle_split: bool = True) -> Any:
         parts = loaded["train"].train_test_split(test_size=config.validation_fraction, seed=seed, shuffle=shuffle_split)
         loaded["train"], loaded["validation"] = parts["train"], parts["test"]
     return loaded
+
+
+def load_source(config: Any, split_keys: Dict[str, str], streaming: bool) -> Tuple[Any, str]:
+    """The data as its source holds it, and the recipe key that names the source."""
+    if config.files is not None:
+        columns = config.columns if isinstance(config.columns, list) else None
+        return load_files(config.files, config.format, columns=columns, streaming=streaming), "data.files"
+    if config.disk is not None:
+        return load_disk(config.disk, streaming), "data.disk"
+    return load_hub(config, split_keys, streaming), "data.hub"
+
+
+def load_disk(folder: str, streaming: bool) -> Any:
+    """A ``save_to_disk`` folder (a Dataset becomes the train split). Its Arrow files are
+    memory-mapped; streamed, its rows are also read one batch at a time."""
+    datasets = _quiet_datasets()
+    if not Path(folder).exists():
+        raise NlptkError(f"data.disk: folder {folder} does not exist; give a folder written by `Dataset.save_to_disk`")
+    try:
+        loaded = datasets.load_from_disk(folder)
+    except Exception as exc:
+        raise NlptkError(f"data.disk: could not load {folder}: {_one_line(exc)}; it must be a folder written by save_to_disk") from None
+    if isinstance(loaded, datasets.Dataset):
+        loaded = datasets.DatasetDict({"train": loaded})
+    if streaming:
+        return datasets.IterableDatasetDict({name: split.to_iterable_dataset() for name, split in loaded.items()})
+    return loaded
+
+
+def load_hub(config: Any, split_keys: Dict[str, str], streaming: bool) -> Any:
+    """``datasets.load_dataset(hub, config, revision=..., split=...)``: each ``data.split``
+    expression goes to the hub as it is, so only those rows are fetched. Streamed, the
+    whole splits are opened (the hub streams no slices) and cut by row counts here."""
+    datasets = _quiet_datasets()
+
+    def fetch(split: Optional[str], key: str) -> Any:
+        try:
+            return datasets.load_dataset(config.hub, config.config, revision=config.revision, split=split, streaming=streaming)
+        except Exception as exc:
+            raise NlptkError(
+                f"{key}: could not load '{config.hub}'{f' split {split!r}' if split else ''} from the Hugging Face hub "
+                f"({_one_line(exc)}); if the hub is unreachable from this machine, download the data elsewhere and use "
+                "`data.files` (csv/json/text/parquet) or `data.disk` (a save_to_disk folder) instead"
+            ) from None
+
+    if not split_keys:
+        return fetch(None, "data.hub")
+    if streaming:
+        return select_splits(fetch(None, "data.hub"), split_keys, "data.hub", streaming)
+    parts = {}
+    for name, expression in split_keys.items():
+        parse_split(expression, f"data.split.{name}")
+        parts[name] = fetch(expression, "data.hub")
+    return datasets.DatasetDict(parts)
 
 
 def check_field(dataset: Any, field: str, split: str, key: str) -> None:
