@@ -120,9 +120,11 @@ def validate(recipe: str, overrides: Sequence[str]) -> None:
 
     loaded = load_recipe(recipe, overrides)
     if loaded.data.files:
-        for split, path in loaded.data.files.items():
-            if not Path(resolve_data_path(path, f"{recipe}: data.files.{split}")).is_file():
-                raise NlptkError(f"{recipe}: data.files.{split}: file {path} does not exist (relative paths start from the current folder)")
+        for split, paths in loaded.data.files.items():
+            for i, path in enumerate([paths] if isinstance(paths, str) else paths):
+                key = f"data.files.{split}" if isinstance(paths, str) else f"data.files.{split}[{i}]"
+                if not Path(resolve_data_path(path, f"{recipe}: {key}")).is_file():
+                    raise NlptkError(f"{recipe}: {key}: file {path} does not exist (relative paths start from the current folder)")
     click.echo(f"{recipe}: ok (task {loaded.task})")
 
 

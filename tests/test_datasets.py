@@ -407,3 +407,10 @@ def test_streamed_split_by_row_counts_and_evaluate(cli, tmp_path):
     assert code == 0, err
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert json.loads(out)["loss"] == pytest.approx(summary["final"]["loss"], rel=1e-5)
+
+
+def test_validate_checks_every_file_of_a_list(cli, tiny_sentiment):
+    code, out, err = cli(["validate", tiny_sentiment.recipe, "--set", f"data.files.train=[{tiny_sentiment.train}, {tiny_sentiment.test}]"])
+    assert code == 0 and "ok (task sentiment)" in out, err
+    msg = one_line_error(*cli(["validate", tiny_sentiment.recipe, "--set", f"data.files.train=[{tiny_sentiment.train}, nothing.jsonl]"]))
+    assert "data.files.train[1]: file nothing.jsonl does not exist" in msg, msg
