@@ -18,7 +18,7 @@ comparable between recipes that filter differently.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional
 
 from nlptoolkit.errors import NlptkError
 
@@ -163,16 +163,3 @@ def filter_examples(examples: Any, keep: Callable[[Any], bool], task: str) -> Li
             "so there is no example length to filter by; remove the key"
         )
     return [e for e in examples if keep(e)]
-
-
-def counted(rows: Iterable[Any], counter: List[int]) -> Iterator[Any]:
-    """Pass rows through, counting them in ``counter[0]`` (what a streamed filter kept)."""
-    for row in rows:
-        counter[0] += 1
-        yield row
-
-
-def describe_filters(data: Any) -> Sequence[str]:
-    """The filters a recipe sets, as ``key=value`` text for the log."""
-    keys = ("sample", "shuffle_seed", "min_length", "max_length")
-    return [f"data.{k}={getattr(data, k)}" for k in keys if getattr(data, k) is not None]

@@ -3,9 +3,9 @@
 A streamed split is a ``datasets.IterableDataset``. Nothing here turns it into a
 list: a task's examples are made row by row as they are iterated
 (:class:`StreamedExamples`), and batches come from a window of
-``chunk_batches`` batches at a time (:class:`StreamedBatches`): that window is
-shuffled (seeded by seed, epoch and window), sorted by length and cut into
-batches, which are shuffled again, the same way :class:`BucketSampler` treats a
+``chunk_batches`` batches at a time (:class:`StreamedBatches`): each window is
+ordered by :class:`BucketSampler` (shuffled, seeded by seed, epoch and window;
+sorted by length; cut into batches, which are shuffled again), as it orders a
 whole in-memory epoch. So memory holds one window, whatever the corpus size,
 and the order depends only on (seed, epoch): a resumed run reads the stream
 again and skips the batches it already trained on.
@@ -18,8 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-import torch
-
+from nlptoolkit.data.batching import BucketSampler
 from nlptoolkit.errors import NlptkError
 
 
@@ -65,7 +64,7 @@ class StreamedBatches:
         self.examples, self.length, self.collate = examples, length, collate
         self.batch_size, self.shuffle, self.bucket = batch_size, shuffle, bucket
         self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
-        self.chunk = batch_size * chunk_batches
+        self.chunk_batches, self.chunk = chunk_batches, batch_size * chunk_batches
         self.real = self.padded = 0
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
@@ -85,17 +84,13 @@ class StreamedBatches:
                 number += 1
 
     def _window_batches(self, window: int, lengths: List[int]) -> List[List[int]]:
-        n = len(lengths)
-        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_033 + window)
-        order = torch.randperm(n, generator=generator).tolist() if self.shuffle else list(range(n))
-        if self.bucket:
-            order = sorted(order, key=lengths.__getitem__)
-        batches = [order[s : s + self.batch_size] for s in range(0, n, self.batch_size)]
-        if self.shuffle:
-            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
-        if self.world_size > 1:
-            batches = [b[self.rank :: self.world_size] for b in batches if len(b) % self.world_size == 0]
-        return batches
+        """One window's batches: BucketSampler's order over the window, its seed moved on per window."""
+        sampler = BucketSampler(
+            lengths, self.batch_size, shuffle=self.shuffle, bucket=self.bucket, seed=self.seed,
+            chunk_batches=self.chunk_batches, num_replicas=self.world_size, rank=self.rank,
+        )
+        sampler.set_epoch(self.epoch * 1_000_033 + window)
+        return sampler.batches()
 
     def padding_fraction(self) -> float:
         """Share of padded tokens in the batches made so far."""
