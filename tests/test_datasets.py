@@ -414,3 +414,25 @@ def test_validate_checks_every_file_of_a_list(cli, tiny_sentiment):
     assert code == 0 and "ok (task sentiment)" in out, err
     msg = one_line_error(*cli(["validate", tiny_sentiment.recipe, "--set", f"data.files.train=[{tiny_sentiment.train}, nothing.jsonl]"]))
     assert "data.files.train[1]: file nothing.jsonl does not exist" in msg, msg
+
+
+def test_streamed_run_resumes_exactly(cli, monkeypatch, tmp_path):
+    """Interrupted in its second epoch by a real SIGTERM and resumed: the stream is read again,
+    the batches already trained on are skipped, and the run ends where a straight run ends."""
+    tiny = make_tiny_sentiment(tmp_path / "data")
+    recipe = tmp_path / "streamed.yaml"
+    data = {"files": {"train": str(tiny.train), "validation": str(tiny.validation)}, "streaming": True}
+    recipe.write_text(json.dumps(sentiment_recipe(data, epochs=2, max_steps=16, eval_every=3, scheduler="cosine", warmup_steps=2)))
+    code, _, err = cli(["run", recipe, "--output-dir", "straight", "--quiet"])
+    assert code == 0, err
+    monkeypatch.setenv("NLPTK_TEST_SIGNAL_AT_STEP", "10:TERM")
+    code, _, err = cli(["run", recipe, "--output-dir", "run", "--quiet"])
+    assert code == 143 and "interrupted at step 10" in err, err
+    monkeypatch.delenv("NLPTK_TEST_SIGNAL_AT_STEP")
+    code, out, err = cli(["run", "--resume", "run", "--quiet"])
+    assert code == 0, err
+    clock = {"elapsed_seconds", "tokens_per_second", "train_seconds"}
+    records = [[{k: v for k, v in json.loads(line).items() if k not in clock} for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()] for name in ("run", "straight")]
+    assert records[0] == records[1] and [r["step"] for r in records[0]] == [3, 6, 9, 12, 15, 16]
+    resumed, straight = (load_checkpoint(tmp_path / name / "last.pt")["model"] for name in ("run", "straight"))
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)

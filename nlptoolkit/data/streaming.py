@@ -74,10 +74,11 @@ class StreamedBatches:
         """The batches from number ``start`` on; earlier ones are read and skipped, not collated."""
         number = 0
         for window, (offset, examples) in enumerate(windows(self.examples, self.chunk)):
-            for indices in self._window_batches(window, [self.length(e) for e in examples]):
+            lengths = [self.length(e) for e in examples]
+            for indices in self._window_batches(window, lengths):
+                sizes = [lengths[i] for i in indices]  # skipped batches count too: a resumed epoch reports the same padding
+                self.real, self.padded = self.real + sum(sizes), self.padded + max(sizes) * len(sizes)
                 if number >= start:
-                    sizes = [self.length(examples[i]) for i in indices]
-                    self.real, self.padded = self.real + sum(sizes), self.padded + max(sizes) * len(sizes)
                     batch = self.collate([examples[i] for i in indices])
                     batch["example_ids"] = [offset + i for i in indices]
                     yield batch
@@ -93,7 +94,7 @@ class StreamedBatches:
         return sampler.batches()
 
     def padding_fraction(self) -> float:
-        """Share of padded tokens in the batches made so far."""
+        """Share of padded tokens in the epoch's batches so far (including any skipped on resume)."""
         return 1.0 - self.real / self.padded if self.padded else 0.0
 
 
