@@ -338,6 +338,11 @@ def recipe_from_dict(
         raise where.error("task.name", str(exc)) from None
     options = {k: v for k, v in task_section.items() if k != "name"}
     recipe.task_options = build(task_cls.Options, options, "task", where)
+    try:
+        task_cls.check_recipe(recipe)
+    except NlptkError as exc:  # "task.key: message" -> the file and line of that key
+        key, _, message = str(exc).partition(": ")
+        raise (where.error(key, message) if message and re.fullmatch(r"[A-Za-z_][\w.]*", key) else where.error("task", str(exc))) from None
     metric = recipe.train.early_stopping.metric
     reported = task_cls.reported_metrics(recipe)
     if metric not in reported:

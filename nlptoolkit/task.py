@@ -83,6 +83,18 @@ class Task:
     streams: ClassVar[bool] = False
 
     @classmethod
+    def check_recipe(cls, recipe: Any) -> None:
+        """Raise :class:`NlptkError` for options that disagree with the rest of the recipe.
+
+        Called when a recipe is loaded (so `nlptk validate` and `nlptk run`
+        report it before any data is read), after ``recipe.task_options`` is
+        built from ``Options``. Start the message with the dotted key, e.g.
+        ``"task.tie_weights: needs encoder.embedding_dim == encoder.hidden_size"``:
+        the loader turns that key into the file and line. Types and unknown keys
+        are already checked by then; this is for rules across keys.
+        """
+
+    @classmethod
     def reported_metrics(cls, recipe: Any) -> Sequence[str]:
         """The metrics `evaluate` returns for this recipe, so `nlptk validate` can check
         ``train.early_stopping.metric`` before training; override when options change them."""

@@ -284,9 +284,12 @@ class LanguageModelTask(Task):
         """Bits per character only for a char model: a word or piece is not a character."""
         return cls.metrics if recipe.data.tokenizer.kind == "char" else ("loss", "perplexity")
 
+    @classmethod
+    def check_recipe(cls, recipe: Any) -> None:
+        check_recipe(recipe)  # the module's function below
+
     def __init__(self, recipe: Any, run_dir: Any = None) -> None:
         super().__init__(recipe, run_dir)
-        check_recipe(recipe)
         self.kind = recipe.data.tokenizer.kind
         self.carried: Optional[State] = None  # the training state handed from chunk to chunk
         self.eval_state: Optional[State] = None  # the same, within one evaluation pass

@@ -120,9 +120,9 @@ class Seq2SeqTask(Task):
     lower_is_better = frozenset({"loss", "perplexity", "wer", "per"})
     decodes = True  # --beam / --nbest (Task.set_decoding keeps them in self.decoding)
 
-    def __init__(self, recipe: Any, run_dir: Any = None) -> None:
-        super().__init__(recipe, run_dir)
-        check_recipe(recipe)
+    @classmethod
+    def check_recipe(cls, recipe: Any) -> None:
+        check_recipe(recipe)  # the module's function below
 
     # -- data -----------------------------------------------------------------
     @property

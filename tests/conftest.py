@@ -217,3 +217,39 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> 
     code, out, err = _subprocess_cli(["run", tiny.recipe, "--output-dir", run_dir, "--quiet"], cwd=base)
     assert code == 0, f"training failed ({code}):\n{out}\n{err}"
     return SimpleNamespace(dir=run_dir, data=tiny, stdout=out, stderr=err)
+
+
+def child_venv(folder: Path) -> SimpleNamespace:
+    """A virtual environment that sees everything this one has installed, for `pip install` in tests.
+
+    `python -m venv --without-pip` takes a fraction of a second; a .pth file adds
+    this interpreter's site-packages (nlptoolkit, torch, pip, setuptools), and
+    small `nlptk` and `pip` scripts run them with the new interpreter, so a
+    package installed there is seen by `nlptk` and gone with the folder. pip runs
+    offline: no build isolation (setuptools and wheel come from the dev extra),
+    no dependencies, no index.
+    """
+    import site
+    import sysconfig
+    import venv
+
+    venv.EnvBuilder(with_pip=False).create(folder)
+    bindir = folder / ("Scripts" if os.name == "nt" else "bin")
+    python = bindir / ("python.exe" if os.name == "nt" else "python")
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    parents = [p for p in [*site.getsitepackages(), sysconfig.get_paths()["purelib"]] if Path(p).is_dir()]
+    Path(purelib, "_nlptk_parent_env.pth").write_text(
+        "import site; " + "; ".join(f"site.addsitedir({p!r})" for p in dict.fromkeys(parents)) + "\n", encoding="utf-8")
+    for name, call in (("nlptk", "from nlptoolkit.cli import main; main()"),
+                       ("pip", "from pip._internal.cli.main import main; sys.exit(main())")):
+        script = bindir / name
+        script.write_text(f"#!{python}\nimport sys\n{call}\n", encoding="utf-8")
+        script.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env.update({
+        "PATH": f"{bindir}{os.pathsep}{env.get('PATH', '')}", "VIRTUAL_ENV": str(folder),
+        "PIP_NO_BUILD_ISOLATION": "0", "PIP_NO_DEPS": "1", "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+    })
+    return SimpleNamespace(dir=folder, bin=bindir, python=python, env=env)
