@@ -78,7 +78,7 @@ class EarlyStoppingConfig:
     """Stop when a validation metric has not improved for ``patience`` evaluations."""
 
     metric: str = "loss"  # the validation metric that picks best.pt
-    mode: Literal["auto", "min", "max"] = "auto"  # auto: min for loss, perplexity and bpc, max otherwise
+    mode: Literal["auto", "min", "max"] = "auto"  # auto: min for the task's lower-is-better metrics (loss, perplexity, wer, ...), max otherwise
     patience: Optional[int] = at_least(1, None)  # evaluations without improvement before stopping; null: never stop early
 
 

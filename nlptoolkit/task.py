@@ -3,10 +3,17 @@
 A task turns dataset rows into tensors, builds a model on the shared
 :class:`~nlptoolkit.encoder.RNNEncoder`, and says how to compute the loss,
 the metrics and predictions. The trainer, the CLI, checkpoints and run
-folders are the core's job. ``plugins/sentiment.py`` is the worked example.
+folders are the core's job. ``docs/plugins.md`` is the tutorial (it builds a
+regression task from nothing), ``plugins/sentiment.py`` the closest built-in
+example, and ``nlptk new-plugin NAME`` writes a working skeleton.
+
+A plugin imports only what ``nlptoolkit`` exports (``from nlptoolkit import
+Task, RNNEncoder, Vocabulary, ...``; the list is ``nlptoolkit.__all__``) and
+never another plugin; ``tests/test_plugin_imports.py`` checks it.
 
 The life of a task in ``nlptk run``::
 
+    TaskClass.check_recipe(recipe)              # when the recipe loads: rules across keys
     task = TaskClass(recipe, run_dir)
     task.setup(splits["train"])                 # fit tokenizer, vocab, labels
     train = task.encode(splits["train"], "train")
@@ -70,6 +77,9 @@ class Task:
     Options: ClassVar[type] = NoOptions  # dataclass describing the recipe's `task:` section
     shuffle_split: ClassVar[bool] = True  # carve validation at random (False: the last part)
     metrics: ClassVar[Sequence[str]] = ("loss",)  # what `evaluate` returns; early stopping picks one
+    # The metrics that improve by going down (error rates, RMSE): early stopping and the
+    # choice of best.pt minimise these and maximise the rest; a name ending in "loss" is
+    # always minimised. A task with its own error metrics lists them all here.
     lower_is_better: ClassVar[frozenset] = frozenset({"loss", "perplexity", "bpc"})
     # What `nlptk predict` gives `predict`: "text" (strings) or "features" (fixed-size
     # vectors read by `--features FILE`; such a task sets ``self.feature_size``).
@@ -114,17 +124,36 @@ class Task:
 
     # -- data -----------------------------------------------------------------
     def setup(self, train: Any) -> None:
-        """Fit what is learned from training data (tokenizer, vocabulary, labels)."""
+        """Fit what is learned from training data (tokenizer, vocabulary, labels, target statistics).
+
+        ``train`` is a ``datasets.Dataset``; read a field with
+        ``column(train, field, "train", "task.<option>")`` (a missing field becomes
+        an error naming that recipe key). ``build_tokenizer(recipe.data.tokenizer,
+        texts)`` builds the recipe's tokenizer (save it with ``.save(self.run_dir)``
+        when ``run_dir`` is set; :meth:`load_state_dict` reads it back with
+        ``load_tokenizer``). ``Vocabulary.build`` puts the specials ``<pad>``=0,
+        ``<unk>``, ``<bos>``, ``<eos>`` first; ``Vocabulary.labels(values)`` is a
+        class list with none, and ``specials=("<pad>",)`` a tag set with padding only.
+        Not called when a run is loaded or resumed: :meth:`load_state_dict` is.
+        """
 
     def state_dict(self) -> Dict[str, Any]:
-        """Plain data (lists, strings, numbers) needed to rebuild the task later."""
+        """Plain data (lists, strings, numbers) needed to rebuild the task later.
+
+        It is saved in every checkpoint, and checkpoints load with
+        ``torch.load(weights_only=True)``: no objects of your own classes.
+        """
         return {}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Inverse of :meth:`state_dict`, for evaluate/predict/resume."""
+        """Inverse of :meth:`state_dict`, for evaluate/predict/resume (instead of :meth:`setup`)."""
 
     def encode(self, dataset: Any, split: str) -> List[Any]:
-        """Turn a split's rows into examples (for instance lists of ids)."""
+        """Turn a split's rows into examples (for instance lists of ids and a target).
+
+        Reject a bad row with ``raise self.data_error(split, row, "what is wrong; the fix")``,
+        which names the file and row.
+        """
         raise NotImplementedError
 
     def length(self, example: Any) -> int:
@@ -144,6 +173,14 @@ class Task:
 
         ``StreamedExamples`` (a streamed split) get ``StreamedBatches``: the same
         bucketing and seeded order, one window of batches at a time, and no ``len``.
+
+        Override it only when examples are not independent sequences (a language
+        model cuts one token stream into BPTT windows). What it returns must
+        behave like :class:`Batches`: iterate batch dicts, ``len()`` (batches per
+        epoch, where known), ``from_position(start)`` (the batches from number ``start`` on,
+        for an exact resume; they must depend only on seed, epoch, rank and
+        world_size) and ``padding_fraction()``; evaluation batches carry
+        ``example_ids`` when the task returns per-example lists.
         """
         cfg = self.recipe.train
         if isinstance(examples, StreamedExamples):
@@ -165,10 +202,21 @@ class Task:
 
     # -- model ----------------------------------------------------------------
     def build_model(self) -> nn.Module:
+        """The model, usually on ``RNNEncoder.from_config(self.recipe.encoder, vocab_size=...)``.
+
+        Called after :meth:`setup` or :meth:`load_state_dict`, so sizes learned
+        from the data (vocabulary, classes, feature size) are known.
+        """
         raise NotImplementedError
 
     def training_step(self, model: nn.Module, batch: Dict[str, Tensor]) -> Tensor:
-        """Return the mean loss of one batch."""
+        """Return the mean loss of one batch (already on the device).
+
+        It runs under ``torch.autocast`` in bfloat16 when the recipe's
+        ``train.precision`` picks bf16: compute the loss from float32 values
+        (``logits.float()``). With ``nlptk run --nproc N`` ``model`` is a
+        DistributedDataParallel wrapper: call it; do not reach into its attributes.
+        """
         raise NotImplementedError
 
     def count_tokens(self, batch: Dict[str, Tensor]) -> int:
@@ -187,11 +235,19 @@ class Task:
         return self.compute_metrics(self.collect(model, examples, self.evaluate_batch))
 
     def evaluate_batch(self, model: nn.Module, batch: Dict[str, Any]) -> Dict[str, Any]:
-        """Partial statistics of one evaluation batch: numbers (summed) and per-example lists."""
+        """Partial statistics of one evaluation batch: numbers (summed) and per-example lists.
+
+        Sums, not means: ``{"loss_sum": ..., "count": ...}`` lets
+        :meth:`compute_metrics` divide once for the whole split, which a mean of
+        per-batch means gets wrong when batch sizes differ.
+        """
         raise NotImplementedError(f"task '{self.name}' defines no evaluate_batch")
 
     def compute_metrics(self, totals: Dict[str, Any]) -> Dict[str, float]:
-        """Metrics from the statistics of the whole split (lists in input order)."""
+        """Metrics from the statistics of the whole split (lists in input order).
+
+        Return every name in :attr:`metrics` (or :meth:`reported_metrics`), as floats.
+        """
         raise NotImplementedError(f"task '{self.name}' defines no compute_metrics")
 
     def on_evaluate_start(self) -> None:
@@ -235,14 +291,21 @@ class Task:
         pass
 
     def after_evaluate(self, model: nn.Module, log: Any) -> None:
-        """Called after each evaluation, e.g. to print a sample so a person sees the model learn."""
+        """Called after each evaluation, e.g. to print a sample so a person sees the model learn.
+
+        ``log(line)`` writes a line to the training log (stderr, rank 0 only).
+        """
 
     # -- use ------------------------------------------------------------------
     def predict(self, model: nn.Module, texts: List[str]) -> List[Dict[str, Any]]:
         """One JSON-able result per input text, in input order, for `nlptk predict`.
 
         Each result holds the ``input`` and what the model says about it,
-        e.g. ``{"input": ..., "label": ..., "probabilities": {...}}``.
+        e.g. ``{"input": ..., "label": ..., "probabilities": {...}}``; `nlptk
+        predict --json` and ``Run.predict`` give these dicts as they are. Encode
+        the texts as examples without targets and run the model with
+        :meth:`collect`, which batches them and returns lists in input order.
+        With ``input_kind = "features"`` the inputs are lists of numbers instead.
         """
         raise NlptkError(f"task '{self.name}' does not support `nlptk predict`")
 
@@ -303,6 +366,7 @@ class Task:
         return None
 
     def to_device(self, batch: Dict[str, Any]) -> Dict[str, Any]:
+        """The batch with its tensors on the task's device (the core calls it before each step)."""
         return {k: v.to(self.device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
 
