@@ -343,3 +343,25 @@ def test_unsupported_task_names_the_ones_that_are(small_run, cli, tmp_path):
     line = one_line_error(*cli(["export", run, "--out", tmp_path / "x"]))
     assert "'plain_sentiment' cannot be exported" in line
     assert "language_model, sentiment, seq2seq, tagging" in line
+
+
+def test_a_trace_that_bakes_in_a_value_fails_the_check_and_writes_nothing(tmp_path):
+    """The exporter's own check: a module that branches on a value traces one branch; run on a
+    batch of another size the written file disagrees with the module, and no folder appears."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from nlptoolkit.export import Exportable, ExportGraph, example_tokens, export_run
+
+    class Branchy(nn.Module):
+        def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+            total = tokens.float().sum(1)
+            return total if int(lengths.max()) < 10 else -total  # traced at time 7, checked at 11
+
+    graph = ExportGraph("model", Branchy(), ["tokens", "lengths"], ["y"], {"tokens": {0: "batch", 1: "time"}, "lengths": {0: "batch"}, "y": {0: "batch"}},
+                        lambda batch, time: example_tokens(batch, time, 10))
+    task = SimpleNamespace(name="stub", exportable=lambda model: Exportable([graph]))
+    with pytest.raises(nlptoolkit.NlptkError, match="'model' failed its check"):
+        export_run(task, nn.Identity(), tmp_path / "run", "torchscript", tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor a temporary one
