@@ -311,3 +311,13 @@ def test_short_soak_good_answers_bad_4xx_no_5xx(trained_run):
         report = soak(server.url, trained_run.dir, requests=300, concurrency=8, max_texts=8, max_chars=300, pid=server.pid)
     assert report["server_errors"] == 0 and report["wrong_answers"] == 0 and report["bad_not_4xx"] == 0, report
     assert report["good"] > 100 and report["bad"] > 50
+
+
+def test_it_listens_on_loopback_unless_told_otherwise():
+    import inspect
+
+    from nlptoolkit.cli import serve as serve_command
+    from nlptoolkit.serve.server import serve
+
+    assert {p.name: p.default for p in serve_command.params}["host"] == "127.0.0.1"
+    assert inspect.signature(serve).parameters["host"].default == "127.0.0.1"
