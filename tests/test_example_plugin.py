@@ -3,7 +3,8 @@
 The package goes into a child virtual environment (conftest.child_venv: it
 sees this environment's packages, and the install is gone with the folder).
 Then `nlptk list` shows the task and where it comes from, `nlptk run` trains
-the package's own recipe (a few steps), and the package's own tests pass.
+the package's own recipe (a few steps), and the package's own tests pass
+(they train on a toy set with a known answer, and predict).
 """
 from __future__ import annotations
 
@@ -34,13 +35,13 @@ def test_pip_install_then_nlptk_list_run_and_the_packages_own_tests(tmp_path: Pa
                      r"\(nlptk_plugin_example.score_task:ScoreTask, package nlptk-plugin-example\)\]$", listed, re.M), listed
     assert re.search(r"^sentiment ", listed, re.M)  # the built-in tasks are still there
 
+    # the package's recipe as shipped, a few steps of a smaller model (the package's own tests check what it learns)
     out = sh("nlptk", "run", str(EXAMPLE / "score.yaml"), "--set", "train.max_steps=3", "--set", "device=cpu",
-             "--output-dir", "runs/score", "--quiet")
+             "--set", "encoder.hidden_size=16", "--set", "encoder.embedding_dim=16", "--output-dir", "runs/score", "--quiet")
     assert re.search(r"best validation rmse=[\d.]+ at step 3", out), out
     summary = json.loads((tmp_path / "runs" / "score" / "summary.json").read_text(encoding="utf-8"))
     assert summary["task"] == "score" and summary["steps"] == 3
-    prediction = json.loads(sh("nlptk", "predict", "runs/score", "--json", "a gorgeous, witty, seductive movie."))
-    assert set(prediction) == {"input", "score"} and isinstance(prediction["score"], float)
+    assert summary["final"]["baseline_rmse"] > 1.9  # the bundled validation split's spread: the recipe read the real data
 
     tests = sh(str(env.python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests", cwd=EXAMPLE)
     assert "2 passed" in tests, tests
