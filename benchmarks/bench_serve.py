@@ -108,7 +108,7 @@ class Served:
 
     def finish(self) -> Dict[str, Any]:
         memory = rss_mb(self.server.pid)
-        code = self.server.stop()
+        code = self.server.close()
         answered = sum(len(r["latencies"]) for r in self.rounds)
         return summarise(self.name, self.rounds, {
             "mean_batch": round(self.texts / max(1, self.batches), 1),

@@ -54,12 +54,19 @@ class ServerProcess:
             if self.process.poll() is None:
                 self.process.kill()
 
+    def close(self) -> int:
+        """Stop it (if running) and remove its log; the exit code."""
+        code = self.stop()
+        self.log.close()
+        if os.path.exists(self.log.name):
+            os.unlink(self.log.name)
+        return code
+
     def __enter__(self) -> "ServerProcess":
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
-        os.unlink(self.log.name)
+        self.close()
 
 
 def rss_mb(pid: int) -> float:

@@ -295,15 +295,18 @@ def test_sigterm_finishes_the_requests_in_flight_and_exits_0(trained_run, run):
         assert time.monotonic() < deadline, "the requests never reached the queue"
         time.sleep(0.02)
     start = time.monotonic()
-    code = server.stop()
-    for t in threads:
-        t.join(30)
-    assert code == 0, server.stderr()
-    assert time.monotonic() - start < 30  # the queue was run at once, not after its 60 s wait
-    assert [status for status, _ in answers] == [200] * 6
-    for i, (_, result) in enumerate(answers):
-        assert close(result, run.predict([TEXTS[i]]))
-    assert "Traceback" not in server.stderr()
+    try:
+        code = server.stop()
+        for t in threads:
+            t.join(30)
+        assert code == 0, server.stderr()
+        assert time.monotonic() - start < 30  # the queue was run at once, not after its 60 s wait
+        assert [status for status, _ in answers] == [200] * 6
+        for i, (_, result) in enumerate(answers):
+            assert close(result, run.predict([TEXTS[i]]))
+        assert "Traceback" not in server.stderr()
+    finally:
+        server.close()
 
 
 def test_short_soak_good_answers_bad_4xx_no_5xx(trained_run):
