@@ -247,7 +247,8 @@ def beam_search(model: Any, src: Tensor, lengths: Optional[Tensor], options: Sea
         # the best k candidates that do not end continue as the beams, for the examples still searching
         live_scores, pick = top_scores.masked_fill(ends, NEG_INF).topk(k, dim=1)
         order, prev = top_row.gather(1, pick), top_token.gather(1, pick)
-        if len(keep) < A:
+        leaving = len(keep) < A
+        if leaving:
             kept = torch.tensor(keep, device=device)
             order, prev, live_scores = order[kept], prev[kept], live_scores[kept]
             alive = [alive[a] for a in keep]
@@ -256,7 +257,9 @@ def beam_search(model: Any, src: Tensor, lengths: Optional[Tensor], options: Sea
         if attention_history is not None:
             attention_history = attention_history.index_select(0, order)
         # an example's beams share its memory, so the memory follows the rows only when examples leave
-        state, reordered = model.reorder(state, memory if len(keep) < A else None, order)
-        memory = reordered if len(keep) < A else memory
+        if leaving:
+            state, memory = model.reorder(state, memory, order)
+        else:
+            state, _ = model.reorder(state, None, order)
 
     return [sorted(hyps, key=lambda h: -h.score)[: options.nbest] for hyps in finished]

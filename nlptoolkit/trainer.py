@@ -540,9 +540,7 @@ class Trainer:
         evaluated.eval()
         with torch.no_grad():
             metrics = task.evaluate(evaluated, validation)
-        self.raw_model.train()
-        if self.average is not None:
-            evaluated.eval()
+        self.raw_model.train()  # the moving average, when there is one, stays in eval mode
         if self.metric not in metrics:
             raise NlptkError(
                 f"train.early_stopping.metric: '{self.metric}' is not a metric of task '{task.name}' "
