@@ -286,12 +286,13 @@ def generate(run_dir: str, prompt: str, max_tokens: int, temperature: float, top
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on; 0.0.0.0 makes the server reachable from other machines.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on; 0 picks a free one (the ready line names it).")
 @click.option("--max-batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Most texts in one model call; requests are never split.")
-@click.option("--max-wait-ms", default=5.0, show_default=True, type=click.FloatRange(min=0), help="How long the first request of a batch waits for others to join it.")
+@click.option("--max-wait-ms", default=2.0, show_default=True, type=click.FloatRange(min=0),
+              help="How long the first request of a batch may wait for others to join it. Under load, batches also form from what queues while the model runs.")
 @click.option("--no-batching", is_flag=True, help="Run each request on its own (as --max-batch-size 1 --max-wait-ms 0), to compare.")
 @click.option("--max-texts", default=64, show_default=True, type=click.IntRange(min=1), help="Most texts in one /predict request (more: 413).")
 @click.option("--max-chars", default=2000, show_default=True, type=click.IntRange(min=1), help="Longest text or /generate prompt, in characters (longer: 413).")
 @click.option("--max-new-tokens", default=2000, show_default=True, type=click.IntRange(min=0), help="Most tokens one /generate request may ask for.")
-@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="Torch threads for the model; the HTTP side runs on its own thread.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="Torch threads for the model; the HTTP side runs on its own thread. 1: on 2 cores, 2 threads cost 45% more CPU per request and served fewer requests/s (benchmarks/bench_serve.py).")
 @click.option("--access-log/--no-access-log", default=True, show_default=True, help="One line per request.")
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
 def serve(

@@ -250,6 +250,37 @@ def test_batcher_runs_a_lone_request_after_the_wait_and_survives_a_failing_call(
     assert calls == [["a"], ["b", "c", "d", "e", "f"], ["boom", "x"], ["g"]]
 
 
+def test_requests_that_queued_while_the_model_was_busy_run_as_soon_as_it_is_free():
+    """The wait for company counts from a request's arrival, not from when the model thread frees up:
+    a request that queued behind a long model call has waited long enough and runs at once, so the
+    HTTP work of one batch overlaps the model work of the next."""
+    release = threading.Event()
+    started: List[float] = []
+
+    def predict(texts):
+        started.append(time.monotonic())
+        if texts == ["slow", "call"]:
+            release.wait(10)
+        return [t.upper() for t in texts]
+
+    async def scenario():
+        batcher = Batcher(predict, ThreadPoolExecutor(1), max_batch_size=2, max_wait_ms=1000)
+        batcher.start()
+        slow = asyncio.ensure_future(batcher.submit(["slow", "call"]))  # a full batch: runs at once, and blocks
+        await asyncio.sleep(0.05)
+        queued = asyncio.ensure_future(batcher.submit(["a"]))  # half a batch: would wait up to 1 s for company
+        await asyncio.sleep(1.2)  # ... but it has waited longer than that when the model frees up
+        freed = time.monotonic()
+        release.set()
+        results = await asyncio.gather(slow, queued)
+        await batcher.close()
+        return freed, results
+
+    freed, results = asyncio.run(scenario())
+    assert results == [["SLOW", "CALL"], ["A"]]
+    assert started[1] - freed < 0.5  # it did not wait another max_wait (1 s) after the model was free
+
+
 # ----------------------------------------------------------------------------
 # the command: a missing extra, a busy port, SIGTERM, and a short soak
 # ----------------------------------------------------------------------------

