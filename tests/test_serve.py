@@ -17,13 +17,13 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, List
+from typing import Any, Dict, List
 
 import pytest
 from fastapi.testclient import TestClient
 
 import nlptoolkit
-from conftest import REPO, one_line_error, real_rows
+from conftest import REPO, one_line_error, real_rows, write_jsonl
 from nlptoolkit.serve.app import ServeSettings, create_app
 from nlptoolkit.serve.batcher import Batcher
 from nlptoolkit.serve.requests import Limits
@@ -198,6 +198,68 @@ def test_concurrent_requests_run_as_one_batch_with_the_results_of_one_at_a_time(
         assert sizes == [16]
         for text, answer in zip(TEXTS, answers):
             assert close(answer, run.predict([text]))
+    finally:
+        del run.predict
+
+
+def tiny_run(folder: Path, task: Dict[str, Any], files: Dict[str, List[dict]], tokenizer: Dict[str, Any], steps: int) -> nlptoolkit.Run:
+    """A few seconds of training on real rows: enough for answers that differ from text to text."""
+    for split, rows in files.items():
+        write_jsonl(folder / f"{split}.jsonl", rows)
+    recipe = {
+        "name": task["name"], "seed": 3, "device": "cpu", "task": task,
+        "data": {"files": {split: str(folder / f"{split}.jsonl") for split in files}, "tokenizer": tokenizer},
+        "encoder": {"cell": "lstm", "embedding_dim": 16, "hidden_size": 16, "bidirectional": True},
+        "train": {"batch_size": 16, "epochs": 20, "max_steps": steps, "eval_every": steps, "lr": 0.03, "precision": "fp32"},
+    }
+    return nlptoolkit.train(recipe, output_dir=folder / "run", quiet=True)
+
+
+def jsonl_rows(path: Path, stop: int) -> List[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line, _ in zip(f, range(stop))]
+
+
+@pytest.fixture(scope="module")
+def tagger_run(tmp_path_factory, shared_data) -> nlptoolkit.Run:
+    """A POS tagger with a CRF and a character encoder: Viterbi over a batch of sentences of different lengths."""
+    pos = shared_data / "tagging" / "pos_wsj"
+    return tiny_run(tmp_path_factory.mktemp("pos"), {"name": "tagging", "decoder": "crf", "char_encoder": {"hidden_size": 8, "embedding_dim": 8}},
+                    {"train": jsonl_rows(pos / "train.jsonl", 120), "validation": jsonl_rows(pos / "validation.jsonl", 20)},
+                    {"kind": "word", "lowercase": True}, steps=30)
+
+
+@pytest.fixture(scope="module")
+def seq2seq_run(tmp_path_factory, shared_data) -> nlptoolkit.Run:
+    """Grapheme to phoneme with attention: beam search over a batch of words of different lengths."""
+    g2p = shared_data / "seq2seq" / "g2p_cmudict"
+    return tiny_run(tmp_path_factory.mktemp("g2p"), {"name": "seq2seq", "attention": "general", "target_tokenizer": {"kind": "word"}, "max_length": 12},
+                    {"train": jsonl_rows(g2p / "train.jsonl", 400), "validation": jsonl_rows(g2p / "validation.jsonl", 20)},
+                    {"kind": "char"}, steps=60)
+
+
+@pytest.mark.parametrize("which", ["tagger_run", "seq2seq_run"])
+def test_a_tagger_and_a_seq2seq_run_serve_what_run_predict_gives(which, request, shared_data):
+    """Eight concurrent one-text requests run as one batch; each answer equals ``Run.predict`` on its text
+    alone, and one request with all eight texts equals ``Run.predict`` on all of them."""
+    run = request.getfixturevalue(which)
+    if which == "tagger_run":
+        texts = [" ".join(r["tokens"]) for r in jsonl_rows(shared_data / "tagging" / "pos_wsj" / "validation.jsonl", 8)]
+    else:
+        texts = [r["source"] for r in jsonl_rows(shared_data / "seq2seq" / "g2p_cmudict" / "validation.jsonl", 8)]
+    assert len({len(t) for t in texts}) > 1  # lengths differ: the batch pads
+    alone = [run.predict([t]) for t in texts]
+    together = run.predict(texts)
+    sizes = recording(run)
+    try:
+        with TestClient(create_app(run, ServeSettings(max_batch_size=8, max_wait_ms=60_000))) as client:
+            answers = post_together(client, [{"texts": [t]} for t in texts])
+            whole = client.post("/predict", json={"texts": texts})
+        assert sizes == [8, 8]  # the eight requests as one batch, then the request of eight
+        assert whole.status_code == 200
+        assert close(answers, alone) and close(whole.json(), together)
+        assert answers[0][0]["input"] == texts[0]
+        assert len({json.dumps(a[0].get("tags", a[0].get("output"))) for a in answers}) > 1  # the model reads its input
     finally:
         del run.predict
 
