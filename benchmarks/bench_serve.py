@@ -6,7 +6,8 @@
 Starts `nlptk serve` on a free loopback port, once with dynamic batching and
 once with --no-batching, and drives each from --clients concurrent clients,
 each sending one sentence per request and the next as soon as the answer
-comes (closed loop). The modes take turns, --repeats rounds of at most
+comes (closed loop). Each server first gets --warmup seconds of the same
+load, not measured. The modes then take turns, --repeats rounds of at most
 --requests requests or --seconds seconds each; throughputs are medians over
 the rounds. Each server's CPU time per request is reported too: on shared
 cores it moves less with other jobs' load than the wall-clock numbers. The baseline, in the same run: the Python
@@ -98,6 +99,11 @@ class Served:
         self.texts = self.batches = 0
         self.cpu = 0.0
 
+    def warm_up(self, texts: List[str], args: argparse.Namespace) -> None:
+        """The same load for ``args.warmup`` seconds, not measured: oneDNN compiles a kernel for
+        each new batch shape (texts x longest text), and a batching server meets hundreds."""
+        drive(self.server.url, texts, args.clients, args.requests, args.warmup)
+
     def measure(self, texts: List[str], args: argparse.Namespace) -> None:
         before, cpu_before = json.loads(_get(self.server.url + "/health")), cpu_seconds(self.server.pid)
         self.rounds.append(drive(self.server.url, texts, args.clients, args.requests, args.seconds))
@@ -131,6 +137,13 @@ class InProcess:
         for text in texts[:10]:
             self.run.predict([text])
         self.rounds: List[Dict[str, Any]] = []
+
+    def warm_up(self, texts: List[str], args: argparse.Namespace) -> None:
+        start = time.perf_counter()
+        for k in range(len(texts) * 100):
+            if time.perf_counter() - start > args.warmup:
+                return
+            self.run.predict([texts[k % len(texts)]])
 
     def measure(self, texts: List[str], args: argparse.Namespace) -> None:
         latencies: List[float] = []
@@ -167,6 +180,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--requests", type=int, default=5000, help="At most this many requests per mode and round.")
     parser.add_argument("--seconds", type=float, default=5, help="At most this long per mode and round.")
+    parser.add_argument("--warmup", type=float, default=3, help="Seconds of unmeasured load on each server before the rounds.")
     parser.add_argument("--repeats", type=int, default=3, help="Rounds; the modes take turns in each, and throughputs are medians.")
     parser.add_argument("--max-batch-size", type=int, default=None, help="Passed to nlptk serve (default: its own).")
     parser.add_argument("--max-wait-ms", type=float, default=None, help="Passed to nlptk serve (default: its own).")
@@ -179,6 +193,8 @@ def main() -> None:
         flags = [f for k, v in (("--max-batch-size", args.max_batch_size), ("--max-wait-ms", args.max_wait_ms)) if v is not None for f in (k, str(v))]
         modes = [Served("nlptk serve, dynamic batching", run_dir, flags), Served("nlptk serve, --no-batching", run_dir, ["--no-batching"]),
                  InProcess(run_dir, texts)]
+        for mode in modes:
+            mode.warm_up(texts, args)
         for _ in range(args.repeats):  # interleaved, so that a burst of other load hits every mode alike
             for mode in modes:
                 mode.measure(texts, args)
