@@ -108,10 +108,12 @@ def sentiment_data(tmp_path_factory, shared_data) -> Dict[str, str]:
             "validation": str(write_jsonl(base / "validation.jsonl", real_rows("validation", 0, 8)))}
 
 
-@pytest.mark.parametrize("cell,bidirectional,layers", [("lstm", False, 1), ("lstm", True, 2), ("gru", False, 2), ("gru", True, 1)])
-def test_classifier_export_matches_the_run(sentiment_data, tmp_path, cell, bidirectional, layers):
+@pytest.mark.parametrize("cell,bidirectional,layers,ensemble", [
+    ("lstm", False, 1, 1), ("lstm", True, 2, 1), ("gru", False, 2, 1), ("gru", True, 1, 1), ("lstm", True, 1, 3),
+])
+def test_classifier_export_matches_the_run(sentiment_data, tmp_path, cell, bidirectional, layers, ensemble):
     run = train(tmp_path, {
-        "name": "s", "task": {"name": "sentiment", "dropout": 0.0},
+        "name": "s", "task": {"name": "sentiment", "dropout": 0.0, "pooling": "max" if ensemble > 1 else "final", "ensemble": ensemble},
         "data": {"files": sentiment_data, "tokenizer": {"kind": "word", "lowercase": True, "split_punctuation": True}},
         "encoder": {"cell": cell, "embedding_dim": 8, "hidden_size": 8, "num_layers": layers, "bidirectional": bidirectional},
     })
@@ -129,7 +131,7 @@ def test_classifier_export_matches_the_run(sentiment_data, tmp_path, cell, bidir
         assert manifest["labels"] == run.task.labels.itos
         assert manifest["graphs"]["model"]["check"]["max_abs_difference"] <= TOL
         (logits,) = load_graph(folder, "model")(tokens, lengths)
-        record(f"classifier {cell} {'bi' if bidirectional else 'uni'} {fmt}", float((logits - alone).abs().max()))
+        record(f"classifier {cell} {'bi' if bidirectional else 'uni'}{f' ensemble {ensemble}' if ensemble > 1 else ''} {fmt}", float((logits - alone).abs().max()))
 
 
 # --------------------------------------------------------------------------
