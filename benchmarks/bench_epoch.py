@@ -44,7 +44,7 @@ class PackedClassifier(nn.Module):
 
 def epoch(model: nn.Module, task: Any, train: List[Any], bucket: bool) -> None:
     cfg = task.recipe.train
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)  # the optimizer the trainer uses (nlptoolkit.trainer.fused_adam)
     sampler = BucketSampler([task.length(e) for e in train], cfg.batch_size, shuffle=True, bucket=bucket, seed=task.recipe.seed)
     for indices in sampler:
         batch = task.collate([train[i] for i in indices])

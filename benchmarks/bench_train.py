@@ -55,7 +55,7 @@ def fresh_model(task: Any) -> torch.nn.Module:
 def handwritten(task: Any, train: List[Any], steps: int) -> None:
     model = fresh_model(task)
     cfg = task.recipe.train
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)  # the optimizer the trainer uses (nlptoolkit.trainer.fused_adam)
     bf16 = choose_precision(cfg.precision, task.device).used == "bf16"  # what the trainer picks, too
     task.on_epoch_start(0)
     for i, batch in enumerate(task.batches(train, train=True, epoch=0)):
