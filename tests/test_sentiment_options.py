@@ -100,3 +100,16 @@ train: {{max_steps: 1, precision: fp32}}
 """)
     message = one_line_error(*cli(["run", str(recipe), "--output-dir", str(tmp_path / "run")]))
     assert "train.jsonl (data.files.train), row 8" in message and "'score' is None, not a number" in message
+
+
+@pytest.mark.slow
+def test_the_shipped_recipe_reaches_080(run_cli, tmp_path):
+    """One seed of recipes/sentiment.yaml (the README gives the 5-seed mean and spread, and the time)."""
+    import json
+
+    from conftest import REPO
+
+    code, out, err = run_cli(["run", REPO / "recipes" / "sentiment.yaml", "--output-dir", tmp_path / "run", "--quiet"], cwd=REPO, timeout=1200)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["best"]["metrics"]["accuracy"] >= 0.80, summary["best"]
