@@ -72,16 +72,17 @@ class SentimentModel(nn.Module):
                 summary = encoded.outputs.sum(dim=1) / real.sum(dim=1)
         return self.dropout(summary)
 
-    def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
-        return self.classify(self.summarise(tokens, lengths))
+    def forward(self, tokens: Tensor, lengths: Tensor, each: bool = False) -> Any:
+        """Class scores; with ``each``, what training needs: ``[(class scores, predicted score or None)]``.
 
-    def losses(self, batch: Dict[str, Tensor], score_weight: float) -> Tensor:
-        """Cross-entropy on the labels, plus the weighted squared error on the scores where the batch has them."""
-        summary = self.summarise(batch["tokens"], batch["lengths"])
-        loss = F.cross_entropy(self.classify(summary), batch["labels"])
-        if self.score is not None and "scores" in batch:
-            loss = loss + score_weight * F.mse_loss(self.score(summary).squeeze(-1).float(), batch["scores"])
-        return loss
+        Training asks through ``forward`` rather than another method, so that
+        a DistributedDataParallel wrapper sees the call and syncs gradients.
+        """
+        summary = self.summarise(tokens, lengths)
+        logits = self.classify(summary)
+        if not each:
+            return logits
+        return [(logits, self.score(summary).squeeze(-1) if self.score is not None else None)]
 
 
 class SentimentEnsemble(nn.Module):
@@ -99,13 +100,12 @@ class SentimentEnsemble(nn.Module):
         super().__init__()
         self.members = nn.ModuleList(members)
 
-    def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
+    def forward(self, tokens: Tensor, lengths: Tensor, each: bool = False) -> Any:
+        """The averaged probabilities' log; with ``each``, every member's training outputs, to be trained one by one."""
+        if each:
+            return [outputs for member in self.members for outputs in member(tokens, lengths, each=True)]
         log_probs = torch.stack([member(tokens, lengths).float().log_softmax(-1) for member in self.members])
         return log_probs.logsumexp(dim=0) - math.log(len(self.members))
-
-    def losses(self, batch: Dict[str, Tensor], score_weight: float) -> Tensor:
-        """The members' losses added: each member's gradient is exactly what it would get alone."""
-        return sum(member.losses(batch, score_weight) for member in self.members)
 
 
 @register_task("sentiment")
@@ -213,7 +213,14 @@ class SentimentTask(Task):
         return member() if options.ensemble == 1 else SentimentEnsemble([member() for _ in range(options.ensemble)])
 
     def training_step(self, model: nn.Module, batch: Dict[str, Tensor]) -> Tensor:
-        return model.losses(batch, self.options.score_weight)
+        """Cross-entropy on the labels (plus the weighted squared error on the scores), added over the members:
+        each member's gradient is exactly what it would get trained alone."""
+        loss = torch.zeros((), device=batch["tokens"].device)
+        for logits, score in model(batch["tokens"], batch["lengths"], each=True):
+            loss = loss + F.cross_entropy(logits, batch["labels"])
+            if score is not None and "scores" in batch:
+                loss = loss + self.options.score_weight * F.mse_loss(score.float(), batch["scores"])
+        return loss
 
     def evaluate_batch(self, model: nn.Module, batch: Dict[str, Tensor]) -> Dict[str, Any]:
         logits = model(batch["tokens"], batch["lengths"])

@@ -1,16 +1,19 @@
 """`nlptk run --nproc 2` (DDP on gloo) takes the same steps as one process with the same global batch."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from nlptoolkit.checkpoint import load_checkpoint
 
 
-def test_two_processes_match_one_process(tmp_path, tiny_sentiment, run_cli):
+@pytest.mark.parametrize("task", [[], ["--set", "task.ensemble=2", "--set", "task.score_field=score"]], ids=["one model", "ensemble with scores"])
+def test_two_processes_match_one_process(tmp_path, tiny_sentiment, run_cli, task):
     # 60 rows / global batch 8: 7 batches of 8 and one of 4, all split evenly; no dropout, so the two
-    # runs differ only in how each global batch's gradient is computed.
+    # runs differ only in how each global batch's gradient is computed. The ensemble trains through
+    # forward(each=True), which the DistributedDataParallel wrapper must see to sync the gradients.
     common = ["--set", "train.max_steps=10", "--set", "train.epochs=2", "--set", "task.dropout=0.0",
-              "--set", "train.batch_size=8", "--set", "train.lr=0.01", "--quiet"]
+              "--set", "train.batch_size=8", "--set", "train.lr=0.01", "--quiet", *task]
     code, out, err = run_cli(["run", tiny_sentiment.recipe, "--output-dir", tmp_path / "one", *common], cwd=tmp_path)
     assert code == 0, err
     code, out, err = run_cli(["run", tiny_sentiment.recipe, "--output-dir", tmp_path / "two", "--nproc", "2", *common], cwd=tmp_path)

@@ -61,7 +61,7 @@ def test_each_member_gets_the_gradient_it_would_get_alone(ensemble):
     model = ensemble.model.eval()  # no dropout: the two computations see the same network
     batch = batch_of(ensemble, real_rows("train", 0, 16))
     model.zero_grad()
-    model.losses(batch, 1.0).backward()
+    ensemble.task.training_step(model, batch).backward()
     together = [p.grad.clone() for p in model.members[1].parameters()]
     model.zero_grad()
     F.cross_entropy(model.members[1](batch["tokens"], batch["lengths"]), batch["labels"]).backward()
@@ -81,7 +81,7 @@ def test_score_is_learned_standardised_alongside_the_label(tmp_path, shared_data
         summary = model.summarise(batch["tokens"], batch["lengths"])
         target = torch.tensor([(r["score"] - mean) / std for r in rows])
         by_hand = F.cross_entropy(model.classify(summary), batch["labels"]) + 0.5 * ((model.score(summary).squeeze(-1) - target) ** 2).mean()
-        assert float(model.losses(batch, 0.5)) == pytest.approx(float(by_hand), rel=1e-6)
+        assert float(run.task.training_step(model, batch)) == pytest.approx(float(by_hand), rel=1e-6)
     assert nlptoolkit.load(run.path).task.score_scale == (mean, std)  # kept in the run folder
 
 
