@@ -24,7 +24,7 @@ from nlptoolkit.data.batching import BucketSampler
 from nlptoolkit.data.sources import load_splits
 from nlptoolkit.recipe import load_recipe
 from nlptoolkit.runs import make_task
-from nlptoolkit.trainer import seed_everything
+from nlptoolkit.trainer import fused_adam, seed_everything
 
 
 class PackedClassifier(nn.Module):
@@ -44,7 +44,7 @@ class PackedClassifier(nn.Module):
 
 def epoch(model: nn.Module, task: Any, train: List[Any], bucket: bool) -> None:
     cfg = task.recipe.train
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)  # the optimizer the trainer uses (nlptoolkit.trainer.fused_adam)
+    optimizer = fused_adam(torch.optim.Adam, list(model.parameters()), lr=cfg.lr)  # the optimizer the trainer uses
     sampler = BucketSampler([task.length(e) for e in train], cfg.batch_size, shuffle=True, bucket=bucket, seed=task.recipe.seed)
     for indices in sampler:
         batch = task.collate([train[i] for i in indices])

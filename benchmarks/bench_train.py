@@ -26,7 +26,7 @@ from nlptoolkit.data.sources import load_splits
 from nlptoolkit.precision import choose_precision
 from nlptoolkit.recipe import load_recipe
 from nlptoolkit.runs import make_task
-from nlptoolkit.trainer import Trainer, seed_everything
+from nlptoolkit.trainer import Trainer, fused_adam, seed_everything
 
 CASES = {
     "sentiment": ("recipes/sentiment.yaml", 60),
@@ -55,7 +55,7 @@ def fresh_model(task: Any) -> torch.nn.Module:
 def handwritten(task: Any, train: List[Any], steps: int) -> None:
     model = fresh_model(task)
     cfg = task.recipe.train
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)  # the optimizer the trainer uses (nlptoolkit.trainer.fused_adam)
+    optimizer = fused_adam(torch.optim.Adam, list(model.parameters()), lr=cfg.lr)  # the optimizer the trainer uses
     bf16 = choose_precision(cfg.precision, task.device).used == "bf16"  # what the trainer picks, too
     task.on_epoch_start(0)
     for i, batch in enumerate(task.batches(train, train=True, epoch=0)):

@@ -121,7 +121,6 @@ def metric_mode(metric: str, mode: str, lower_is_better: frozenset) -> str:
     return "min" if metric in lower_is_better or metric.endswith("loss") else "max"
 
 
-
 def fused_adam(kind: type, params: List[torch.nn.Parameter], **options: Any) -> torch.optim.Optimizer:
     """Adam (or AdamW) with its fused kernel where this torch has one for the parameters' device.
 
@@ -136,6 +135,7 @@ def fused_adam(kind: type, params: List[torch.nn.Parameter], **options: Any) -> 
         return kind(params, fused=True, **options)
     except (RuntimeError, TypeError, ValueError):
         return kind(params, **options)
+
 
 class Trainer:
     def __init__(

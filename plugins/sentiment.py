@@ -7,6 +7,7 @@ summary to class scores. This file is also the worked example of the Task API.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
@@ -130,9 +131,7 @@ class SentimentTask(Task):
         self.score_scale = (0.0, 1.0)
         if self.options.score_field is not None:  # the score is learned standardised: mean 0, standard deviation 1
             scores = [self._score(v, i, "train") for i, v in enumerate(column(train, self.options.score_field, "train", "task.score_field"))]
-            mean = sum(scores) / len(scores)
-            std = math.sqrt(sum((x - mean) ** 2 for x in scores) / len(scores)) or 1.0
-            self.score_scale = (mean, std)
+            self.score_scale = (statistics.fmean(scores), statistics.pstdev(scores) or 1.0)
 
     def state_dict(self) -> Dict[str, Any]:
         return {"vocab": self.vocab.itos, "labels": self.labels.itos, "score_scale": list(self.score_scale)}
