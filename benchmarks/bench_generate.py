@@ -19,7 +19,10 @@ Printed, all measured in this run:
 - generation: one ``nn.LSTM`` call per token (the hand-written baseline),
   ``RNNEncoder.step``, the ``Stepper`` with its products forced to the plain
   default way, and ``nlptk generate`` (``task.generate``, a ``Stepper`` that
-  picks its products by measurement).
+  picks its products by measurement), with fp32 weights and with each smaller
+  storage (``--weights fp16``, ``int8``: FBGEMM kernels, weights 2x and 4x
+  smaller; their cost in validation loss is measured by ``nlptk generate``,
+  not here, see ``Run.generation_weights``).
 
 Target (issues 3 and 9): >= 2,000 chars/s, and 10x the characters taking
 about 10x the time. On shared cores the numbers move with the neighbours'
@@ -97,8 +100,8 @@ def methods(task: Any, model: Any) -> Dict[str, Callable[[int], None]]:
         out, state = lstm(embedding(token.view(1, 1)), state)
         return out[:, -1], state
 
-    def nlptk_generate(length: int) -> None:
-        text = "".join(task.generate(model, PROMPT, length, TEMPERATURE, None))
+    def nlptk_generate(length: int, weights: str = "fp32") -> None:
+        text = "".join(task.generate(model, PROMPT, length, TEMPERATURE, None, weights=weights))
         assert len(text) == len(PROMPT) + length  # one character per token
 
     def run(step: Callable) -> Callable[[int], None]:
@@ -113,7 +116,15 @@ def methods(task: Any, model: Any) -> Dict[str, Callable[[int], None]]:
         "RNNEncoder.step (differentiable)": run(lambda t, s: model.encoder.step(t.view(1), s)),
         f"Stepper, products forced to {matvec.DEFAULT}": default_products,
         GENERATE: nlptk_generate,
+        **{stored_name(storage): (lambda length, storage=storage: nlptk_generate(length, storage)) for storage in SMALLER},
     }
+
+
+SMALLER = [name for name in matvec.STORAGE if name != "fp32"]  # fp16, int8: the lossy weight storages
+
+
+def stored_name(storage: str) -> str:
+    return f"nlptk generate --weights {storage}"
 
 
 GENERATE = "nlptk generate (Stepper, products measured)"
@@ -163,10 +174,14 @@ def bandwidth(step_bytes: int, repeats: int) -> Dict[str, float]:
 def product_timings(weights: List[torch.Tensor], repeats: int, threads: List[int]) -> Dict[Any, float]:
     """Seconds for one step's products made each way, at each thread count; the ways this machine lacks are left out."""
     fns: Dict[Any, Callable[[], float]] = {}
-    for way, timing in matvec.measure(weights[0], timer=lambda *a: 0.0).items():
-        if timing is None:
+    fp32_ways = [way for way, timing in matvec.measure(weights[0], timer=lambda *a: 0.0).items() if timing is not None]
+    for way in fp32_ways + SMALLER:
+        try:  # the output layer stays fp32 in every storage (as Stepper keeps it)
+            prepared = [matvec.WAYS[way](w) if way in matvec.WAYS else matvec.prepare_stored(w, way)[1] for w in weights[:-1]]
+        except RuntimeError:  # no FBGEMM here
             continue
-        products = [(matvec.WAYS[way](w), torch.randn(1, w.shape[1]), torch.randn(w.shape[0])) for w in weights]
+        prepared.append(matvec.WAYS[matvec.DEFAULT](weights[-1]))
+        products = [(product, torch.randn(1, w.shape[1]), torch.randn(w.shape[0])) for product, w in zip(prepared, weights)]
 
         def one_step(products=products) -> None:
             for product, x, bias in products:
@@ -181,6 +196,15 @@ def product_timings(weights: List[torch.Tensor], repeats: int, threads: List[int
         for fn in fns.values():
             fn()  # warm-up
         return interleaved(fns, repeats)
+
+
+def works(fn: Callable[[int], None]) -> bool:
+    """False where this build or machine lacks the kernel (a storage's row is then left out)."""
+    try:
+        fn(2)
+        return True
+    except RuntimeError:
+        return False
 
 
 def generation_timings(fns: Dict[str, Callable[[int], None]], lengths: Dict[str, List[int]], repeats: int) -> Dict[Any, List[float]]:
@@ -222,6 +246,10 @@ def main() -> None:
         short, long = args.lengths
         lengths = {name: [short] for name in fns}
         lengths[GENERATE] = [short, long]
+        fns = {name: fn for name, fn in fns.items() if name not in map(stored_name, SMALLER) or works(fn)}
+        for storage in SMALLER:
+            if stored_name(storage) in fns:
+                lengths[stored_name(storage)] = [short, long]
         with torch.no_grad():
             seconds = generation_timings(fns, lengths, args.repeats)
     finally:
@@ -252,6 +280,10 @@ def main() -> None:
         "time_ratio": ours[1]["median_seconds"] / ours[0]["median_seconds"],
         "length_ratio": long / short,
         "min_chars_per_second": min(r["chars_per_second"] for r in ours),
+        "min_chars_per_second_by_weights": {
+            storage: min(r["chars_per_second"] for r in rows if r["method"] == (GENERATE if storage == "fp32" else stored_name(storage)))
+            for storage in ["fp32"] + SMALLER if any(r["method"] == stored_name(storage) for r in rows) or storage == "fp32"
+        },
         "target_chars_per_second": TARGET_CHARS_PER_SECOND,
     }
     if args.json:
@@ -265,7 +297,7 @@ def main() -> None:
           f"from main memory; reading a {result['step_megabytes']:.0f} MB buffer {result['read_gb_per_s']:.1f} GB/s "
           f"= {result['read_ceiling_steps_per_second']:,.0f} steps/s\n")
     print(markdown_table(
-        ["one step's products, made by", "threads", "ms a step", "steps/s", "GB/s of weights"],
+        ["one step's products, made by (fp16, int8: FBGEMM, weights stored so)", "threads", "ms a step", "steps/s", "GB/s (fp32 bytes)"],
         [[r["way"] + (" (chosen)" if r["way"] in chosen_ways and r["threads"] == 1 else ""), r["threads"],
           f"{r['step_ms']:.3f}", f"{r['steps_per_second']:,.0f}", f"{r['gb_per_s']:.1f}"] for r in product_rows],
     ))
@@ -277,6 +309,8 @@ def main() -> None:
     ))
     met = result["min_chars_per_second"] >= TARGET_CHARS_PER_SECOND
     print(f"\nthe Stepper chose: {', '.join(chosen_ways)}")
+    for storage, speed in result["min_chars_per_second_by_weights"].items():
+        print(f"weights {storage}: slowest {speed:,.0f} chars/s, target {'met' if speed >= TARGET_CHARS_PER_SECOND else 'NOT met'}")
     print(f"nlptk generate: {long:,} / {short:,} chars take {result['time_ratio']:.2f}x the time (linear: {long / short:.0f}x); "
           f"target >= {TARGET_CHARS_PER_SECOND:,} chars/s: {'met' if met else 'NOT met'}")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
@@ -145,8 +146,12 @@ class Run:
 
     # -- generate ---------------------------------------------------------------
     def generate_stream(self, prompt: str = "", max_tokens: int = 200, temperature: float = 1.0,
-                        top_k: Optional[int] = None, seed: Optional[int] = None) -> Iterator[str]:
-        """Text pieces from a language model run as they are made (``temperature`` 0: greedy)."""
+                        top_k: Optional[int] = None, seed: Optional[int] = None, weights: Optional[str] = None) -> Iterator[str]:
+        """Text pieces from a language model run as they are made (``temperature`` 0: greedy).
+
+        ``weights``: fp32, fp16 or int8 storage of the steps' weights (default:
+        the recipe's ``task.generation_weights``); see :meth:`generation_weights`.
+        """
         import torch
 
         from nlptoolkit.task import Task
@@ -155,14 +160,76 @@ class Run:
             raise NlptkError(f"{self.path} is a '{self.recipe.task}' run, which cannot generate text; give a language model run folder")
         if temperature < 0:
             raise NlptkError(f"--temperature {temperature}: must be 0 (greedy) or positive")
+        storage = self.generation_weights(weights)
         if seed is not None:
             torch.manual_seed(seed)
-        return self.task.generate(self.model, prompt, max_tokens, temperature, top_k)
+        if storage == "fp32":  # a task's generate need not know about weight storage
+            return self.task.generate(self.model, prompt, max_tokens, temperature, top_k)
+        return self.task.generate(self.model, prompt, max_tokens, temperature, top_k, weights=storage)
 
     def generate(self, prompt: str = "", max_tokens: int = 200, temperature: float = 1.0,
-                 top_k: Optional[int] = None, seed: Optional[int] = None) -> str:
+                 top_k: Optional[int] = None, seed: Optional[int] = None, weights: Optional[str] = None) -> str:
         """The generated text after ``prompt``, as one string."""
-        return "".join(self.generate_stream(prompt, max_tokens, temperature, top_k, seed))
+        return "".join(self.generate_stream(prompt, max_tokens, temperature, top_k, seed, weights))
+
+    def generation_weights(self, asked: Optional[str] = None) -> str:
+        """The weight storage generation uses: ``asked`` (default: the recipe's), if it is safe here, else "fp32".
+
+        Safe means measured: the first time a storage is asked for, the
+        validation loss is computed as generation computes it (one token at a
+        time through a ``Stepper``) with fp32 weights and with that storage,
+        and the change is kept in ``best.generation_weights.json`` beside the
+        checkpoint. A change above the recipe's ``task.generation_tolerance``,
+        or a machine without the kernel, falls back to fp32 with one line on
+        stderr.
+        """
+        from nlptoolkit.matvec import STORAGE
+
+        options = getattr(self.task, "options", None)
+        storage = asked or getattr(options, "generation_weights", "fp32")
+        if storage not in STORAGE:
+            raise NlptkError(f"--weights {storage}: one of {', '.join(STORAGE)}")
+        if storage == "fp32":
+            return storage
+        if not hasattr(self.task, "stepped"):
+            raise NlptkError(f"--weights {storage}: task '{self.recipe.task}' generates with fp32 weights only")
+        try:
+            check = self._weights_check(storage)
+        except RuntimeError as exc:  # no FBGEMM kernel on this build or device
+            print(f"generation weights: {storage} unavailable here ({' '.join(str(exc).split())[:120]}); using fp32", file=sys.stderr)
+            return "fp32"
+        tolerance = getattr(options, "generation_tolerance", 0.005)
+        if check["loss_change"] > tolerance:
+            print(f"generation weights: {storage} moved the validation loss by {check['loss_change']:+.4f} "
+                  f"(> {tolerance} allowed, {self.path / WEIGHTS_CHECK_FILE.format(self.checkpoint)}); using fp32", file=sys.stderr)
+            return "fp32"
+        return storage
+
+    def _weights_check(self, storage: str) -> Dict[str, Any]:
+        """This checkpoint's measured validation loss with ``storage`` against fp32, measured once and kept."""
+        from nlptoolkit.checkpoint import write_json
+        from nlptoolkit.data.sources import load_splits
+
+        file, checkpoint = self.path / WEIGHTS_CHECK_FILE.format(self.checkpoint), self.path / f"{self.checkpoint}.pt"
+        stamp = f"{self.checkpoint}.pt {checkpoint.stat().st_size} {checkpoint.stat().st_mtime_ns}"  # a retrained run measures again
+        record = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
+        if record.get("checkpoint") != stamp:
+            record = {"checkpoint": stamp}
+        if storage not in record:
+            print(f"generation weights: measuring the validation loss with {storage} weights (once for this checkpoint)", file=sys.stderr)
+            data = load_splits(self.recipe.data, self.recipe.seed, self.task.shuffle_split)
+            if "validation" not in data:
+                raise NlptkError(f"--weights {storage}: needs the recipe's validation split to measure the loss it costs; the data has {', '.join(data)}")
+            examples = self.task.encode(data["validation"], "validation")
+            if "fp32" not in record:
+                record["fp32"] = {"loss": self.task.evaluate(self.task.stepped(self.model, "fp32"), examples)["loss"]}
+            loss = self.task.evaluate(self.task.stepped(self.model, storage), examples)["loss"]
+            record[storage] = {"loss": loss, "loss_change": loss - record["fp32"]["loss"]}
+            write_json(file, record)
+        return record[storage]
+
+
+WEIGHTS_CHECK_FILE = "{}.generation_weights.json"  # per checkpoint (best, last)
 
 
 def train(

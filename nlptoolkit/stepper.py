@@ -19,7 +19,10 @@ weights are fixed, so two things can be done once, before the loop:
 
 Each product is made the way that is fastest on this machine, chosen by a
 short measurement the first time a shape is seen (``nlptoolkit/matvec.py``):
-which library streams weights fastest at batch 1 differs from CPU to CPU. The
+which library streams weights fastest at batch 1 differs from CPU to CPU.
+Asked for, the weights can be stored in fp16 or int8 instead (2x and 4x fewer
+bytes a step), which changes the outputs slightly; ``nlptk generate`` uses
+that only after measuring the validation loss it costs. The
 arithmetic is the encoder's (``cell_update``), in eval mode: no dropout, no
 gradients. ``benchmarks/bench_generate.py`` measures it against
 ``RNNEncoder.step`` and one ``nn.LSTM`` call per token, and prints the
@@ -34,7 +37,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from nlptoolkit.encoder import RNNEncoder, State, step_layers
-from nlptoolkit.matvec import pick_product
+from nlptoolkit.matvec import prepare_stored
 
 # The first layer's token table is built when it is at most this big: a
 # 10,000-word vocabulary with 256 LSTM units needs 41 MB.
@@ -44,7 +47,8 @@ MAX_TABLE_BYTES = 64 * 2**20
 class _FrozenLayer:
     """One layer's weights, each product prepared the fastest way here (see ``pick_product``)."""
 
-    def __init__(self, cell: str, w_ih: Tensor, b_ih: Tensor, w_hh: Tensor, b_hh: Tensor, table: Optional[Tensor]) -> None:
+    def __init__(self, cell: str, w_ih: Tensor, b_ih: Tensor, w_hh: Tensor, b_hh: Tensor, table: Optional[Tensor], weights: str) -> None:
+        self.weights = weights
         self.table = table  # (vocab, gates): W_ih x + b_ih (+ b_hh when fused) for every token x
         self.fused = cell != "gru"
         self.ways: List[str] = []  # the way each product is made, for the curious and the benchmark
@@ -57,7 +61,7 @@ class _FrozenLayer:
                 self.from_input, self.b_ih = self._prepare(w_ih), b_ih
 
     def _prepare(self, weight: Tensor):
-        way, product = pick_product(weight)
+        way, product = prepare_stored(weight, self.weights)
         self.ways.append(way)
         return product
 
@@ -77,9 +81,14 @@ class Stepper:
     Build it once per generation or decoding run (``Stepper(encoder)``) and
     call it like ``encoder.step``: ``output, state = stepper(inputs, state)``.
     It snapshots the weights, so build a new one after the weights change.
+
+    ``weights``: how the products' weights are stored, "fp32" (exact) or a
+    smaller form from ``nlptoolkit.matvec.STORAGE`` ("fp16", "int8"), which
+    streams faster but changes the outputs a little; the first layer's token
+    table stays fp32. RuntimeError where the kernel is missing here.
     """
 
-    def __init__(self, encoder: RNNEncoder) -> None:
+    def __init__(self, encoder: RNNEncoder, weights: str = "fp32") -> None:
         if encoder.num_directions != 1:
             raise ValueError("a stepper needs a unidirectional encoder; a backward direction reads the future")
         self.cell = encoder.cell
@@ -97,7 +106,7 @@ class Stepper:
                         table = F.linear(vocab.detach(), w_ih, table_bias)
                     else:
                         self.embedding = vocab.detach()
-                self.layers.append(_FrozenLayer(self.cell, w_ih, b_ih, w_hh, b_hh, table))
+                self.layers.append(_FrozenLayer(self.cell, w_ih, b_ih, w_hh, b_hh, table, weights))
         self._initial_state = encoder.initial_state
 
     def __call__(self, inputs: Tensor, state: Optional[State] = None) -> Tuple[Tensor, State]:

@@ -25,7 +25,7 @@ import sys
 from array import array
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Literal, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +52,10 @@ class LanguageModelOptions:
     sample_prompt: str = ""
     sample_temperature: float = 0.8
     stream_window: int = 100  # data.streaming only: chunks of bptt tokens per stream read into memory at a time; the state restarts between windows
+    # `nlptk generate`'s weights: fp32, or fp16/int8 (2-4x fewer bytes a step, faster on a CPU), used only
+    # when they moved the validation loss by at most generation_tolerance (measured once, kept in the run folder)
+    generation_weights: Literal["fp32", "fp16", "int8"] = "fp32"
+    generation_tolerance: float = 0.005  # nats per token
 
 
 # ----------------------------------------------------------------------------
@@ -72,6 +76,26 @@ class LanguageModel(nn.Module):
         """(B, T) token ids and the state to start from -> (B, T, V) scores and the state to continue from."""
         out = self.encoder(tokens, state=state)
         return self.decoder(self.dropout(out.outputs)), out.state
+
+
+class SteppedModel(nn.Module):
+    """A language model read one token at a time through a :class:`Stepper`, as generation reads it.
+
+    Same inputs and outputs as ``LanguageModel.forward`` (in eval mode), so the
+    task's own evaluation measures what a weight storage costs in loss.
+    """
+
+    def __init__(self, model: LanguageModel, weights: str) -> None:
+        super().__init__()
+        self.model = model
+        self.step = Stepper(model.encoder, weights)
+
+    def forward(self, tokens: Tensor, state: Optional[State] = None) -> Tuple[Tensor, State]:
+        outputs = []
+        for t in range(tokens.shape[1]):
+            output, state = self.step(tokens[:, t], state)
+            outputs.append(output)
+        return self.model.decoder(torch.stack(outputs, dim=1)), state
 
 
 class ExportedReader(nn.Module):
@@ -228,19 +252,20 @@ def pick_token(logits: Tensor, temperature: float, top_k: Optional[int], generat
 @torch.no_grad()
 def sample_ids(
     model: LanguageModel, context: List[int], max_tokens: int, temperature: float, top_k: Optional[int],
-    banned: Tensor, generator: Optional[torch.Generator] = None,
+    banned: Tensor, generator: Optional[torch.Generator] = None, weights: str = "fp32",
 ) -> Iterator[int]:
     """New token ids after ``context``.
 
     The context is read once, in one call; after that each new token is a
     single step from the carried state, so n tokens cost n steps, not n^2/2.
     ``banned`` is added to the scores (-inf for tokens that are never output).
+    ``weights``: the steps' weight storage (``Stepper``).
     Torch runs on one thread while this generator is being iterated.
     """
     with one_thread():
         logits, state = model(torch.tensor([context], device=banned.device))
         scores = logits[0, -1]
-        step = Stepper(model.encoder)  # weights arranged once for fast single steps
+        step = Stepper(model.encoder, weights)  # weights arranged once for fast single steps
         for i in range(max_tokens):
             next_id = pick_token(scores + banned, temperature, top_k, generator)
             yield next_id
@@ -452,9 +477,9 @@ class LanguageModelTask(Task):
     @torch.no_grad()
     def generate(
         self, model: nn.Module, prompt: str, max_tokens: int, temperature: float, top_k: Optional[int],
-        generator: Optional[torch.Generator] = None,
+        generator: Optional[torch.Generator] = None, weights: str = "fp32",
     ) -> Iterator[str]:
-        """Stream the prompt, then ``max_tokens`` new tokens as text pieces."""
+        """Stream the prompt, then ``max_tokens`` new tokens as text pieces (``weights``: see ``Stepper``)."""
         if temperature < 0:
             raise NlptkError(f"temperature {temperature}: must be 0 (greedy) or positive")
         model.eval()
@@ -462,10 +487,14 @@ class LanguageModelTask(Task):
         if prompt:
             yield prompt
         line_start = prompt == "" or prompt.endswith("\n")
-        for token_id in sample_ids(model, context, max_tokens, temperature, top_k, self.banned(), generator):
+        for token_id in sample_ids(model, context, max_tokens, temperature, top_k, self.banned(), generator, weights):
             piece = self.piece(token_id, line_start)
             line_start = piece.endswith("\n")
             yield piece
+
+    def stepped(self, model: nn.Module, weights: str) -> nn.Module:
+        """The model as generation runs it with ``weights`` (for ``evaluate``: what the storage costs in loss)."""
+        return SteppedModel(model, weights)
 
     def prompt_ids(self, prompt: str) -> List[int]:
         """What the model reads before generating.
