@@ -92,10 +92,11 @@ class SteppedModel(nn.Module):
 
     def forward(self, tokens: Tensor, state: Optional[State] = None) -> Tuple[Tensor, State]:
         outputs = []
-        for t in range(tokens.shape[1]):
-            output, state = self.step(tokens[:, t], state)
-            outputs.append(output)
-        return self.model.decoder(torch.stack(outputs, dim=1)), state
+        with one_thread():  # as generation runs (and small products gain nothing from a second thread)
+            for t in range(tokens.shape[1]):
+                output, state = self.step(tokens[:, t], state)
+                outputs.append(output)
+            return self.model.decoder(torch.stack(outputs, dim=1)), state
 
 
 class ExportedReader(nn.Module):
