@@ -117,11 +117,13 @@ def step_layers(cell: str, num_layers: int, gates: GateFn, x: Tensor, state: Sta
     (weights arranged for inference); they differ only in ``gates``.
     """
     h0, c0 = state if cell == "lstm" else (state, None)
+    h_k = h0.unbind(0)  # each layer's state, in one call (a step at batch 1 is mostly per-call costs)
+    c_k = c0.unbind(0) if c0 is not None else [None] * num_layers
     hs: List[Tensor] = []
     cs: List[Tensor] = []
     for k in range(num_layers):
-        from_input, from_state = gates(k, x, h0[k])
-        x, c = cell_update(cell, from_input, from_state, h0[k], c0[k] if c0 is not None else None)
+        from_input, from_state = gates(k, x, h_k[k])
+        x, c = cell_update(cell, from_input, from_state, h_k[k], c_k[k])
         hs.append(x)
         if c is not None:
             cs.append(c)

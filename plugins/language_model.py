@@ -267,11 +267,12 @@ def sample_ids(
         logits, state = model(torch.tensor([context], device=banned.device))
         scores = logits[0, -1]
         step = Stepper(model.encoder, weights)  # weights arranged once for fast single steps
+        ids = torch.arange(banned.numel(), device=banned.device)  # a step's input is a slice of this (no new tensor a token)
         for i in range(max_tokens):
             next_id = pick_token(scores + banned, temperature, top_k, generator)
             yield next_id
             if i + 1 < max_tokens:  # the step for a token nobody asks for is skipped
-                output, state = step(torch.tensor([next_id], device=banned.device), state)
+                output, state = step(ids[next_id:next_id + 1], state)
                 scores = model.decoder(output)[0]
 
 
