@@ -44,6 +44,7 @@ class Run:
         self.path = Path(path)
         self.checkpoint = checkpoint
         self.recipe, self.task, self.model = load_run(str(path), checkpoint)
+        self._weights_decided: Dict[str, str] = {}  # asked storage -> the one used (generation_weights)
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, task={self.recipe.task!r})"
@@ -183,10 +184,15 @@ class Run:
         or a machine without the kernel, falls back to fp32 with one line on
         stderr.
         """
-        from nlptoolkit.matvec import STORAGE
-
         options = getattr(self.task, "options", None)
         storage = asked or getattr(options, "generation_weights", "fp32")
+        if storage not in self._weights_decided:  # decided once per loaded run (a server asks on every request)
+            self._weights_decided[storage] = self._decide_weights(storage, options)
+        return self._weights_decided[storage]
+
+    def _decide_weights(self, storage: str, options: Any) -> str:
+        from nlptoolkit.matvec import STORAGE
+
         if storage not in STORAGE:
             raise NlptkError(f"--weights {storage}: one of {', '.join(STORAGE)}")
         if storage == "fp32":

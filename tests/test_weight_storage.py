@@ -136,3 +136,20 @@ def test_cli_weights_default_comes_from_the_recipe_and_bad_values_are_named(smal
     assert exit_info.value.code == 2
     assert "int4" in capsys.readouterr().err
     assert load(small_run).generation_weights() == "fp32"  # the recipe sets none
+
+
+@needs_fbgemm
+def test_a_quantized_stepper_is_kept_on_the_model_until_a_weight_changes(small_run):
+    from nlptoolkit_plugins.language_model import stepper_for
+
+    model = load(small_run).model
+    first = stepper_for(model, "int8")
+    assert stepper_for(model, "int8") is first  # quantized and packed once
+    assert stepper_for(model, "fp32") is not stepper_for(model, "fp32")  # fp32 is arranged fresh each time
+    with torch.no_grad():
+        model.encoder.layers[0][0].weight_hh_l0.mul_(0.5)  # as an optimizer step does, in place
+    rebuilt = stepper_for(model, "int8")
+    assert rebuilt is not first
+    token = torch.tensor([3])
+    _, state = first(token)  # a non-zero state, which the changed W_hh multiplies
+    assert not torch.equal(first(token, state)[0], rebuilt(token, state)[0])

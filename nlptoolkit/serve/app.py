@@ -54,6 +54,8 @@ def create_app(run: Run, settings: ServeSettings = ServeSettings(), on_ready: Op
     """The application serving ``run``. ``on_ready`` is called once it takes requests."""
     can_predict = type(run.task).predict is not Task.predict and run.task.input_kind != "features"
     can_generate = type(run.task).generate is not Task.generate
+    if can_generate:
+        run.generation_weights()  # the recipe's weight storage checked (and measured, the first time) before serving, not in a request
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nlptk-model")  # the one thread that touches the model
 
     @asynccontextmanager
