@@ -39,7 +39,11 @@ def test_predict_is_structured_and_matches_evaluate(api_run):
     expected = sum(p["label"] == r["label"] for p, r in zip(results, rows)) / len(rows)
     assert metrics["accuracy"] == pytest.approx(expected, abs=1e-9)
     assert run.evaluate({"test": tiny.test}) == {"test": metrics}
-    assert run.predict(rows[0]["text"]) == results[0]  # one string in, one dict out
+    one = run.predict(rows[0]["text"])  # one string in, one dict out
+    # alone, the text is a batch of one with no padding: the same result up to float rounding,
+    # which differs between kernels (AVX2 and AVX-512 round a batch and a single row differently)
+    assert {k: v for k, v in one.items() if k != "probabilities"} == {k: v for k, v in results[0].items() if k != "probabilities"}
+    assert one["probabilities"] == pytest.approx(results[0]["probabilities"], abs=1e-6)
 
 
 def test_load_gives_the_same_model(api_run):
