@@ -199,6 +199,15 @@ def test_non_text_field(cli, tiny_sentiment):
     assert "row 1" in msg and "'score'" in msg and "not text" in msg, msg
 
 
+def test_label_pyarrow_cannot_read_is_one_line(cli, tmp_path):
+    """A label object whose keys pyarrow sees as duplicates ("" and "\\u0000"; found by test_fuzz) fails
+    when the column is read: a one-line error naming the key, not pyarrow's traceback."""
+    (tmp_path / "bad.jsonl").write_text('{"text": "", "label": {"": null, "\\u0000": null}}\n')
+    msg = one_line_error(*cli(["run", "sentiment", "--output-dir", tmp_path / "run", "--set", f"data.files.train={tmp_path / 'bad.jsonl'}",
+                               "--set", f"data.files.validation={tmp_path / 'bad.jsonl'}", "--set", "train.epochs=1"]))
+    assert "task.label_field" in msg and "'label'" in msg and "duplicate field names" in msg, msg
+
+
 def test_unknown_label_at_evaluation(cli, trained_run, tmp_path):
     rows = real_rows("validation", 20, 25)
     rows[3] = {**rows[3], "label": "neutral"}

@@ -280,9 +280,27 @@ def check_field(dataset: Any, field: str, split: str, key: str) -> None:
 
 
 def column(dataset: Any, field: str, split: str, key: str) -> List[Any]:
-    """One column as a list (fine for sentence-sized data sets)."""
+    """One column as a list (fine for sentence-sized data sets).
+
+    A ``datasets`` column is read lazily; reading it here, at once, is faster
+    and lets a value pyarrow cannot turn into Python (an object with two keys
+    it sees as the same) become an error that names the field.
+    """
     check_field(dataset, field, split, key)
-    return dataset[field]
+    values = dataset[field]
+    try:
+        from datasets.arrow_dataset import Column
+    except ImportError:  # older datasets return a list already
+        return values
+    if not isinstance(values, Column):
+        return values
+    try:
+        return values[:]
+    except ValueError as exc:
+        raise NlptkError(
+            f"{key}: the {split} split's {field!r} values cannot be read ({' '.join(str(exc).split())}); "
+            f"check the {field!r} entries of the data file"
+        ) from None
 
 
 def iter_column(dataset: Any, field: str, split: str, key: str, batch_size: int = 10_000) -> Iterator[Any]:
