@@ -287,15 +287,8 @@ def column(dataset: Any, field: str, split: str, key: str) -> List[Any]:
     it sees as the same) become an error that names the field.
     """
     check_field(dataset, field, split, key)
-    values = dataset[field]
     try:
-        from datasets.arrow_dataset import Column
-    except ImportError:  # older datasets return a list already
-        return values
-    if not isinstance(values, Column):
-        return values
-    try:
-        return values[:]
+        return dataset[field][:]  # a datasets Column reads lazily; a slice reads it at once (a list is copied)
     except ValueError as exc:
         raise NlptkError(
             f"{key}: the {split} split's {field!r} values cannot be read ({' '.join(str(exc).split())}); "
